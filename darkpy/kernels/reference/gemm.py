@@ -1,0 +1,134 @@
+"""darknet's ``gemm.c`` CPU path, loop for loop: the oracle of ``darkpy.kernels.gemm``.
+
+    C = ALPHA * op(A) * op(B) + BETA * C,   op(X) = X or X^T
+
+A, B and C are flat float32 arrays (darknet's ``float *``); where darknet passes
+an offset pointer (``l.weights + j*l.nweights/l.groups``) callers pass a view
+(``l.weights[j*nweights//groups:]``).  Matrices are row-major with leading
+dimensions ``lda``, ``ldb``, ``ldc`` exactly as in darknet:
+
+* ``TA == 0``: A is M x K, element (i, k) at ``A[i*lda + k]``;
+  ``TA == 1``: A is stored K x M, op(A)(i, k) at ``A[k*lda + i]``.
+* ``TB == 0``: B is K x N, element (k, j) at ``B[k*ldb + j]``;
+  ``TB == 1``: B is stored N x K, op(B)(k, j) at ``B[j*ldb + k]``.
+* C is M x N, element (i, j) at ``C[i*ldc + j]``.
+
+Arithmetic (C float semantics, all float32, one rounding per operation, no FMA):
+
+* ``gemm_cpu`` first scales every C element by BETA, always (BETA == 1 and
+  BETA == 0 are not special-cased: 0 * inf gives NaN, as in darknet).
+* ``gemm_nn`` / ``gemm_tn``: for each row i, for k in order, ``A_PART = ALPHA*a(i,k)``
+  rounded to float once, then ``C[i][j] += A_PART*B[k][j]`` for every j.  Each C
+  element therefore receives its K products one by one, in k order, directly.
+* ``gemm_nt`` / ``gemm_tt``: for each (i, j), ``sum`` (a float starting at +0)
+  accumulates ``(ALPHA*a(i,k))*b(k,j)`` for k in order (C's left-to-right
+  evaluation of ``ALPHA*A[..]*B[..]``), then ``C[i][j] += sum`` once.
+
+ALPHA and BETA are ``float`` parameters in C: every function rounds them to
+float32 on entry, so a Python float behaves like a C double argument converted
+to float at the call.
+"""
+
+import numpy as np
+
+from darkpy.errors import DarkpyError
+from darkpy.kernels import kernel
+
+
+def check_gemm_args(TA, TB, M, N, K, A, lda, B, ldb, C, ldc):
+    """Raise ``DarkpyError`` unless every element darknet's gemm touches lies inside A, B and C.
+
+    darknet reads and writes through raw pointers without any check; we refuse
+    calls that would run off the end of a buffer, and leading dimensions shorter
+    than a stored row (which would make rows of C overlap).
+    """
+    if M < 0 or N < 0 or K < 0:
+        raise DarkpyError(f"gemm: negative size M={M} N={N} K={K}")
+    for name, buf in (("A", A), ("B", B), ("C", C)):
+        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
+            raise DarkpyError(f"gemm: {name} must be a 1-D float32 array, got "
+                              f"{getattr(buf, 'dtype', type(buf).__name__)} "
+                              f"with shape {getattr(buf, 'shape', None)}")
+    a_rows, a_cols = (K, M) if TA else (M, K)
+    b_rows, b_cols = (N, K) if TB else (K, N)
+    for name, buf, rows, cols, ld in (("A", A, a_rows, a_cols, lda),
+                                      ("B", B, b_rows, b_cols, ldb),
+                                      ("C", C, M, N, ldc)):
+        if rows == 0 or cols == 0 or M == 0 or N == 0:
+            continue
+        if ld < cols:
+            raise DarkpyError(f"gemm: ld{name.lower()}={ld} is shorter than a row of {name} ({cols})")
+        need = (rows - 1) * ld + cols
+        if buf.shape[0] < need:
+            raise DarkpyError(f"gemm: {name} holds {buf.shape[0]} floats, a {rows}x{cols} matrix "
+                              f"with leading dimension {ld} needs {need}")
+
+
+def gemm(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
+    """darknet's ``gemm``: check the arguments, then ``gemm_cpu`` (updates C in place)."""
+    check_gemm_args(TA, TB, M, N, K, A, lda, B, ldb, C, ldc)
+    gemm_cpu(int(TA), int(TB), int(M), int(N), int(K), np.float32(ALPHA), A, int(lda),
+             B, int(ldb), np.float32(BETA), C, int(ldc))
+
+
+@kernel
+def gemm_nn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_nn``: C += ALPHA*A*B, i then k then j, ``A_PART`` hoisted as a float."""
+    alpha = np.float32(ALPHA)
+    for i in range(M):
+        for k in range(K):
+            A_PART = alpha * A[i * lda + k]
+            for j in range(N):
+                C[i * ldc + j] += A_PART * B[k * ldb + j]
+
+
+@kernel
+def gemm_nt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_nt``: C += ALPHA*A*B^T, a float ``sum`` over k per element, then one add."""
+    alpha = np.float32(ALPHA)
+    for i in range(M):
+        for j in range(N):
+            sum = np.float32(0)
+            for k in range(K):
+                sum += alpha * A[i * lda + k] * B[j * ldb + k]
+            C[i * ldc + j] += sum
+
+
+@kernel
+def gemm_tn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_tn``: C += ALPHA*A^T*B, like ``gemm_nn`` with A read down a column."""
+    alpha = np.float32(ALPHA)
+    for i in range(M):
+        for k in range(K):
+            A_PART = alpha * A[k * lda + i]
+            for j in range(N):
+                C[i * ldc + j] += A_PART * B[k * ldb + j]
+
+
+@kernel
+def gemm_tt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_tt``: C += ALPHA*A^T*B^T, a float ``sum`` over k per element, then one add."""
+    alpha = np.float32(ALPHA)
+    for i in range(M):
+        for j in range(N):
+            sum = np.float32(0)
+            for k in range(K):
+                sum += alpha * A[i + k * lda] * B[k + j * ldb]
+            C[i * ldc + j] += sum
+
+
+@kernel
+def gemm_cpu(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
+    """darknet's ``gemm_cpu``: C *= BETA (always), then the variant chosen by TA, TB."""
+    beta = np.float32(BETA)
+    for i in range(M):
+        for j in range(N):
+            C[i * ldc + j] *= beta
+    if not TA and not TB:
+        gemm_nn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc)
+    elif TA and not TB:
+        gemm_tn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc)
+    elif not TA and TB:
+        gemm_nt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc)
+    else:
+        gemm_tt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc)
