@@ -1,0 +1,172 @@
+"""Fast ``activate_array`` / ``gradient_array``, bit-identical to darknet's ``activations.c``.
+
+The per-element arithmetic is the reference's scalar functions
+(``darkpy.kernels.reference.activations``: each mirrors one inline function of
+darknet's ``activations.h`` with its C promotions); what changes is the loop:
+
+* darknet switches on the activation for every element; here the switch is
+  taken once and each activation has its own tight loop, which LLVM inlines
+  and vectorises (the branches become selects, which changes no value);
+* elements are independent, so long arrays are split into chunks run in
+  parallel (``prange``); each element still gets exactly one evaluation of the
+  same formula, so the bits cannot depend on the split.
+
+The enum values, ``get_activation``, ``get_activation_string``, ``activate`` and
+``gradient`` are the reference's (one definition of the formulas).
+"""
+
+import numpy as np
+from numba import prange
+
+from darkpy.kernels import kernel, pkernel
+from darkpy.kernels.reference.activations import (  # noqa: F401  (re-exported API)
+    ACTIVATIONS, ELU, HARDTAN, LEAKY, LHTAN, LINEAR, LOGGY, LOGISTIC, PLSE, RAMP, RELIE, RELU,
+    SELU, STAIR, TANH, activate, check_activation, check_array, elu_activate, elu_gradient,
+    get_activation, get_activation_string, gradient, hardtan_activate, hardtan_gradient,
+    leaky_activate, leaky_gradient, lhtan_activate, lhtan_gradient, logistic_activate,
+    logistic_gradient, loggy_activate, loggy_gradient, plse_activate, plse_gradient,
+    ramp_activate, ramp_gradient, relie_activate, relie_gradient, relu_activate, relu_gradient,
+    selu_activate, selu_gradient, stair_activate, stair_gradient, tanh_activate, tanh_gradient)
+
+#: Below this many elements one thread does the whole array (parallel start-up costs more).
+PARALLEL_MIN = 1 << 15
+#: Elements per parallel chunk.
+CHUNK = 1 << 13
+
+
+@kernel
+def activate_range(x, lo, hi, a):
+    """``x[i] = activate(x[i], a)`` for lo <= i < hi, one loop per activation."""
+    if a == LINEAR:
+        return  # darknet's linear_activate returns x: nothing changes
+    if a == LOGISTIC:
+        for i in range(lo, hi):
+            x[i] = logistic_activate(x[i])
+    elif a == LOGGY:
+        for i in range(lo, hi):
+            x[i] = loggy_activate(x[i])
+    elif a == RELU:
+        for i in range(lo, hi):
+            x[i] = relu_activate(x[i])
+    elif a == ELU:
+        for i in range(lo, hi):
+            x[i] = elu_activate(x[i])
+    elif a == SELU:
+        for i in range(lo, hi):
+            x[i] = selu_activate(x[i])
+    elif a == RELIE:
+        for i in range(lo, hi):
+            x[i] = relie_activate(x[i])
+    elif a == RAMP:
+        for i in range(lo, hi):
+            x[i] = ramp_activate(x[i])
+    elif a == LEAKY:
+        for i in range(lo, hi):
+            x[i] = leaky_activate(x[i])
+    elif a == TANH:
+        for i in range(lo, hi):
+            x[i] = tanh_activate(x[i])
+    elif a == PLSE:
+        for i in range(lo, hi):
+            x[i] = plse_activate(x[i])
+    elif a == STAIR:
+        for i in range(lo, hi):
+            x[i] = stair_activate(x[i])
+    elif a == HARDTAN:
+        for i in range(lo, hi):
+            x[i] = hardtan_activate(x[i])
+    elif a == LHTAN:
+        for i in range(lo, hi):
+            x[i] = lhtan_activate(x[i])
+    else:  # darknet's activate returns 0 for a value outside the enum
+        for i in range(lo, hi):
+            x[i] = np.float32(0)
+
+
+@kernel
+def gradient_range(x, lo, hi, a, delta):
+    """``delta[i] *= gradient(x[i], a)`` for lo <= i < hi, one loop per activation."""
+    if a == LINEAR:
+        for i in range(lo, hi):
+            delta[i] *= np.float32(1)  # darknet's multiply by linear_gradient's 1
+    elif a == LOGISTIC:
+        for i in range(lo, hi):
+            delta[i] *= logistic_gradient(x[i])
+    elif a == LOGGY:
+        for i in range(lo, hi):
+            delta[i] *= loggy_gradient(x[i])
+    elif a == RELU:
+        for i in range(lo, hi):
+            delta[i] *= relu_gradient(x[i])
+    elif a == ELU:
+        for i in range(lo, hi):
+            delta[i] *= elu_gradient(x[i])
+    elif a == SELU:
+        for i in range(lo, hi):
+            delta[i] *= selu_gradient(x[i])
+    elif a == RELIE:
+        for i in range(lo, hi):
+            delta[i] *= relie_gradient(x[i])
+    elif a == RAMP:
+        for i in range(lo, hi):
+            delta[i] *= ramp_gradient(x[i])
+    elif a == LEAKY:
+        for i in range(lo, hi):
+            delta[i] *= leaky_gradient(x[i])
+    elif a == TANH:
+        for i in range(lo, hi):
+            delta[i] *= tanh_gradient(x[i])
+    elif a == PLSE:
+        for i in range(lo, hi):
+            delta[i] *= plse_gradient(x[i])
+    elif a == STAIR:
+        for i in range(lo, hi):
+            delta[i] *= stair_gradient(x[i])
+    elif a == HARDTAN:
+        for i in range(lo, hi):
+            delta[i] *= hardtan_gradient(x[i])
+    elif a == LHTAN:
+        for i in range(lo, hi):
+            delta[i] *= lhtan_gradient(x[i])
+    else:
+        for i in range(lo, hi):
+            delta[i] *= np.float32(0)
+
+
+@pkernel
+def activate_array_parallel(x, n, a):
+    """``activate_range`` over chunks of ``CHUNK`` elements, in parallel."""
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for c in prange(nchunks):
+        activate_range(x, c * CHUNK, min(n, (c + 1) * CHUNK), a)
+
+
+@pkernel
+def gradient_array_parallel(x, n, a, delta):
+    """``gradient_range`` over chunks of ``CHUNK`` elements, in parallel."""
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for c in prange(nchunks):
+        gradient_range(x, c * CHUNK, min(n, (c + 1) * CHUNK), a, delta)
+
+
+def activate_array(x, n, a):
+    """darknet's ``activate_array(x, n, a)``: activate ``x[:n]`` in place."""
+    check_array("x", x, n)
+    a = check_activation(a)
+    n = int(n)
+    if n >= PARALLEL_MIN:
+        activate_array_parallel(x, n, a)
+    else:
+        activate_range(x, 0, n, a)
+
+
+def gradient_array(x, n, a, delta):
+    """darknet's ``gradient_array(x, n, a, delta)``: ``delta[:n] *= gradient(x[:n], a)`` in place."""
+    check_array("x", x, n)
+    check_array("delta", delta, n)
+    a = check_activation(a)
+    n = int(n)
+    if n >= PARALLEL_MIN:
+        gradient_array_parallel(x, n, a, delta)
+    else:
+        gradient_range(x, 0, n, a, delta)
