@@ -62,6 +62,7 @@ overwritten only with ``force=True``.
 
 import os
 import secrets
+import stat
 import struct
 import sys
 import warnings
@@ -462,6 +463,8 @@ def save_weights(net, path, cutoff=None, force=False):
                     _write_array(f, t.array, t.count)
             f.flush()
             os.fsync(f.fileno())
+        if os.path.exists(path):  # darknet's fopen("wb") keeps an existing file's permissions
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException as e:
         try:

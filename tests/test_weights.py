@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import darkpy.weights as weights_module
@@ -305,6 +305,16 @@ def test_file_ending_between_layers_loads_what_it_holds_and_warns(tmp_path):
             assert array.tobytes() == before[f"{i}:{name}"].tobytes()
 
 
+def test_partial_file_warning_lists_the_first_unloaded_layers(tmp_path):
+    segs = segments("net-tiny64")
+    end = next(off for i, _, _, off in segs if i == 8)
+    path = tmp_path / "partial.weights"
+    path.write_bytes((GOLDEN / "net-tiny64" / "weights.weights").read_bytes()[:end])
+    with pytest.warns(DarkpyWarning, match=r"layers 8 \(convolutional\), 9 \(convolutional\), "
+                                           r"11 \(convolutional\), 14 \(convolutional\) and 2 more"):
+        load_weights(golden_net("net-tiny64"), path)
+
+
 def test_leftover_bytes_warn_with_their_count(tmp_path):
     path = tmp_path / "long.weights"
     path.write_bytes((GOLDEN / "net-cls-mini" / "weights.weights").read_bytes() + b"\x01" * 10)
@@ -580,8 +590,10 @@ def test_save_refuses_to_overwrite_without_force(tmp_path):
     with pytest.raises(WeightsError, match="exists; pass force=True"):
         save_weights(net, path)
     assert path.read_bytes() == b"precious"
+    path.chmod(0o640)
     save_weights(net, path, force=True)
     assert path.stat().st_size == 6556
+    assert path.stat().st_mode & 0o777 == 0o640      # kept, as fopen("wb") keeps it
     assert sorted(os.listdir(tmp_path)) == ["w.weights"]
 
 
@@ -642,6 +654,8 @@ _mutation = st.one_of(
     st.tuples(st.just("append"), st.binary(max_size=40)),
     st.tuples(st.just("overwrite"), st.integers(0, 400), st.binary(min_size=1, max_size=16)),
     st.tuples(st.just("random"), st.binary(max_size=300)),
+    st.tuples(st.just("header"), st.sampled_from([0, 4, 8, 12, 16]),
+              st.one_of(st.integers(-2**31, 2**31 - 1), st.sampled_from([0, 1, 2, 999, 1000, 1001]))),
 )
 
 
@@ -654,6 +668,8 @@ def test_mutated_files_only_raise_weights_errors(tmp_path_factory, mutations):
             del data[m[1]:]
         elif m[0] == "append":
             data += m[1]
+        elif m[0] == "header":
+            data[m[1]:m[1] + 4] = struct.pack("<i", m[2])
         elif m[0] == "overwrite":
             at = min(m[1], len(data))
             data[at:at + len(m[2])] = m[2]
@@ -668,8 +684,10 @@ def test_mutated_files_only_raise_weights_errors(tmp_path_factory, mutations):
         try:
             report = load_weights(net, path)
         except WeightsError:
+            event("WeightsError")
             assert_same_parameters(before, parameters(net))   # nothing half-loaded
             assert net.seen == 1
             return
+    event("loaded" if report.stopped_at is None else "loaded a prefix")
     assert 0 <= net.seen < 2**64
     assert report.floats * 4 + report.header.size + report.leftover_bytes == len(data)
