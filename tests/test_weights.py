@@ -529,6 +529,83 @@ def test_every_parametric_type_round_trips(tmp_path):
     assert first.read_bytes()[start:start + 4 * tail.size] == tail.astype("<f4").tobytes()
 
 
+# A network exercising every reading quirk at once, as a cfg for darknet would give it:
+#   [net] batch=1 width=5 height=4 channels=2 time_steps=1
+#   0 [convolutional] batch_normalize=1 filters=3 size=3 pad=1 flipped=1
+#   1 [convolutional] filters=4 numload=2 size=1
+#   2 [local] filters=2 size=3 pad=0            (4x5x4 -> 2x3x2)
+#   3 [batchnorm]
+#   4 [crnn] batch_normalize=1 hidden_filters=2 output_filters=3
+#   5 [connected] output=5 batch_normalize=1
+#   6 [connected] output=4 batch_normalize=1 dontloadscales=1
+#   7 [rnn] output=3 batch_normalize=1
+#   8 [gru] output=2
+#   9 [lstm] output=3
+#  10 [connected] output=2 dontload=1
+def _quirks_net():
+    def zeroed(l):
+        for name in ("biases", "scales", "rolling_mean", "rolling_variance", "weights"):
+            if getattr(l, name) is not None:
+                getattr(l, name)[:] = 0
+        return l
+
+    local = Layer("local", c=4, n=2, size=3, out_w=3, out_h=2, outputs=12)
+    local.biases, local.weights = _buf(12), _buf(4 * 2 * 3 * 3 * 2 * 3)
+    crnn, rnn, gru, lstm = Layer("crnn"), Layer("rnn"), Layer("gru"), Layer("lstm")
+    crnn.input_layer, crnn.self_layer = conv_layer(2, 2, 3, 1), conv_layer(2, 2, 3, 1)
+    crnn.output_layer = conv_layer(3, 2, 3, 1)
+    rnn.input_layer, rnn.self_layer = connected_layer(4, 3, 1), connected_layer(3, 3, 1)
+    rnn.output_layer = connected_layer(3, 3, 1)
+    for s in ("wz", "wr", "wh"):
+        setattr(gru, s, connected_layer(2, 2, 0))
+    for s in ("uz", "ur", "uh"):
+        setattr(gru, s, connected_layer(3, 2, 0))
+    for s in ("wi", "wf", "wo", "wg"):
+        setattr(lstm, s, connected_layer(3, 3, 0))
+    for s in ("ui", "uf", "uo", "ug"):
+        setattr(lstm, s, connected_layer(2, 3, 0))
+    layers = [conv_layer(3, 2, 3, 1, flipped=1), conv_layer(4, 3, 1, 0, numload=2), local,
+              batchnorm_layer(2), crnn, connected_layer(18, 5, 1),
+              connected_layer(5, 4, 1, dontloadscales=1), rnn, gru, lstm,
+              connected_layer(3, 2, 0, dontload=1)]
+    for l in layers:
+        zeroed(l)
+        for sub in l.extra_fields.values():
+            zeroed(sub)
+    return network(layers)
+
+
+def _hash_values(n):
+    """n float32 values in [-0.5, 0.5) from integer hashing: exact, the same on every platform."""
+    i = np.arange(n, dtype=np.uint64)
+    u = ((i * np.uint64(2654435761) + np.uint64(12345)) % np.uint64(2**32)) >> np.uint64(8)
+    return (u.astype(np.float64) / 2**24 - 0.5).astype(np.float32)
+
+
+def test_every_reading_quirk_matches_darknet(tmp_path):
+    """The same bytes darknet writes after reading an old-format file into _quirks_net.
+
+    Reference: pjreddie/darknet f6afaabc (strict build) parsed the cfg in _quirks_net's
+    comment, zeroed every parameter, ran load_weights on this exact in.weights (header
+    0.1001.0: 32-bit seen of -3, transposed connected weights; 7 floats too many) and
+    save_weights; its output was 4148 bytes with this SHA-256.
+    """
+    import hashlib
+    path = tmp_path / "in.weights"
+    path.write_bytes(struct.pack("<iiii", 0, 1001, 0, -3) + _hash_values(1004 + 7).tobytes())
+    net = _quirks_net()
+    with pytest.warns(DarkpyWarning, match="28 bytes left over"):
+        report = load_weights(net, path)
+    assert report.floats == 1004 and report.header.transpose and report.header.seen_bytes == 4
+    assert net.seen == 2**64 - 3
+    out = tmp_path / "out.weights"
+    save_weights(net, out)
+    written = out.read_bytes()
+    assert len(written) == 4148
+    assert hashlib.sha256(written).hexdigest() == \
+        "e663a112eacfe4bf8ada152302390d9726d9cd2747439c9f719dcfac97293def"
+
+
 def test_missing_sublayer_and_unallocated_array_are_errors(tmp_path):
     path = tmp_path / "x.weights"
     with pytest.raises(WeightsError, match=r"layer 0: has no field 'wz'"):
