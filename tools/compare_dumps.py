@@ -29,7 +29,8 @@ def first_difference(a, b):
     return min(len(a), len(b)) // 4, None, None
 
 
-def compare(a, b, out=sys.stdout):
+def compare(a, b, out=None):
+    out = out or sys.stdout
     ta, tb = tensors(a), tensors(b)
     shared = [n for n in ta if n in tb]
     bad = 0
