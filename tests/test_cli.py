@@ -1,0 +1,53 @@
+"""The `darkpy` command: exit codes, error messages, check/compare tables, dumps that re-check."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import GOLDEN
+from darkpy.cli import main
+
+
+def test_check_passes_on_a_golden_case(capsys):
+    assert main(["check", str(GOLDEN / "bn-b3c5h7w3")]) == 0
+    out = capsys.readouterr().out
+    assert "identical" in out and "PASS" in out and "x_norm" in out
+
+
+def test_check_fails_with_exit_1_and_names_the_tensor(tmp_path, capsys):
+    case = tmp_path / "case"
+    shutil.copytree(GOLDEN / "bn-b3c5h7w3", case)
+    data = np.fromfile(case / "mean.f32", "<u4")
+    data[0] ^= 4
+    data.tofile(case / "mean.f32")
+    assert main(["check", str(case)]) == 1
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("mean "))
+    assert "DIFFERS 1/5" in line and "[0]" in line
+
+
+def test_check_on_unreadable_case_exits_2(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from darkpy.errors import DumpError
+    with pytest.raises(DumpError):
+        main(["check", "--debug", str(tmp_path / "nowhere")])
+
+
+def test_reference_kernels_switch(capsys):
+    from darkpy import kernels
+    try:
+        assert main(["check", "--kernels", "reference", "-q", str(GOLDEN / "bn-b1c3h1w2")]) == 0
+        assert kernels.active() == "reference"
+    finally:
+        kernels.use("fast")
+
+
+def test_compare_two_dirs(capsys):
+    assert main(["compare", str(GOLDEN / "bn-b3c5h7w3"), str(GOLDEN / "bn-b3c5h7w3")]) == 0
+    assert "SAME" in capsys.readouterr().out
