@@ -79,22 +79,25 @@ def make_batchnorm_layer(batch, w, h, c):
 def forward(l, net):
     """darknet's ``forward_batchnorm_layer``.
 
-    A batchnorm layer first copies ``net.input`` into its output; then ``x`` keeps
-    the pre-normalisation values, and the fused blas kernel does darknet's
+    A batchnorm layer first copies ``net.input`` into its output (other layer types
+    normalise their own ``output`` in place); then ``x`` keeps the pre-normalisation
+    values, and the fused blas kernel does darknet's
     mean/variance/rolling/normalize/copy-to-x_norm/scale/bias sequence
     (``batchnorm_forward_train``) or, without ``net.train``, normalisation with
     the rolling statistics (``batchnorm_forward_infer``).
     """
     blas = family("blas")
     spatial = l.out_h * l.out_w
-    if l.type == "batchnorm":
-        blas.copy_cpu(l.outputs * l.batch, net.input, 1, l.output, 1)
+    input = net.input if l.type == "batchnorm" else l.output
+    if input is None or input.shape[0] < l.outputs * l.batch:
+        raise ShapeError(f"batchnorm: the input holds {0 if input is None else input.shape[0]} floats, "
+                         f"the layer needs {l.outputs * l.batch}")
     if net.train:
-        blas.batchnorm_forward_train(l.output, l.x, l.x_norm, l.mean, l.variance,
+        blas.batchnorm_forward_train(input, l.output, l.x, l.x_norm, l.mean, l.variance,
                                      l.rolling_mean, l.rolling_variance, l.scales, l.biases,
                                      l.batch, l.out_c, spatial)
     else:
-        blas.batchnorm_forward_infer(l.output, l.x, l.rolling_mean, l.rolling_variance,
+        blas.batchnorm_forward_infer(input, l.output, l.x, l.rolling_mean, l.rolling_variance,
                                      l.scales, l.biases, l.batch, l.out_c, spatial)
 
 

@@ -569,15 +569,15 @@ def softmax_cpu(input, n, batch, batch_offset, groups, group_offset, stride, tem
 # fused kernels of the same names in darkpy.kernels.blas.
 
 @kernel
-def batchnorm_forward_train(output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+def batchnorm_forward_train(input, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
                             scales, biases, batch, out_c, spatial):
-    """forward_batchnorm_layer with net.train, from ``copy_cpu(output -> x)`` on.
-
-    ``output`` holds the layer's input (pre-normalisation values) on entry.
-    The rolling updates use the float constants .99 and .01 (``scal_cpu``/``axpy_cpu``
-    take float ALPHA).
+    """forward_batchnorm_layer with net.train: ``copy_cpu(input -> output)`` (what a
+    [batchnorm] layer does with net.input; a convolutional layer passes its own
+    ``output`` as ``input``), then darknet's calls in order.  The rolling updates use
+    float .99 and .01 (``scal_cpu``/``axpy_cpu`` take a float ALPHA).
     """
     outputs = batch * out_c * spatial
+    copy_cpu(outputs, input, 1, output, 1)
     copy_cpu(outputs, output, 1, x, 1)
     mean_cpu(output, batch, out_c, spatial, mean)
     variance_cpu(output, mean, batch, out_c, spatial, variance)
@@ -592,10 +592,12 @@ def batchnorm_forward_train(output, x, x_norm, mean, variance, rolling_mean, rol
 
 
 @kernel
-def batchnorm_forward_infer(output, x, rolling_mean, rolling_variance, scales, biases, batch, out_c, spatial):
-    """forward_batchnorm_layer without net.train, from ``copy_cpu(output -> x)`` on:
+def batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, scales, biases,
+                            batch, out_c, spatial):
+    """forward_batchnorm_layer without net.train: copy ``input`` to ``output`` and ``x``,
     normalise with the rolling statistics, then scale and bias."""
     outputs = batch * out_c * spatial
+    copy_cpu(outputs, input, 1, output, 1)
     copy_cpu(outputs, output, 1, x, 1)
     normalize_cpu(output, rolling_mean, rolling_variance, batch, out_c, spatial)
     scale_bias(output, scales, batch, out_c, spatial)
