@@ -86,10 +86,7 @@ def activate_range(x, lo, hi, a):
 @kernel
 def gradient_range(x, lo, hi, a, delta):
     """``delta[i] *= gradient(x[i], a)`` for lo <= i < hi, one loop per activation."""
-    if a == LINEAR:
-        for i in range(lo, hi):
-            delta[i] *= np.float32(1)  # darknet's multiply by linear_gradient's 1
-    elif a == LOGISTIC:
+    if a == LOGISTIC:
         for i in range(lo, hi):
             delta[i] *= logistic_gradient(x[i])
     elif a == LOGGY:
@@ -129,8 +126,12 @@ def gradient_range(x, lo, hi, a, delta):
         for i in range(lo, hi):
             delta[i] *= lhtan_gradient(x[i])
     else:
+        # LINEAR (and values outside the enum, gradient 0).  darknet really multiplies
+        # by linear_gradient's 1, which quiets a signalling NaN in delta; a literal
+        # ``*= 1`` would be folded away by LLVM, so the factor comes from the
+        # runtime switch.
         for i in range(lo, hi):
-            delta[i] *= np.float32(0)
+            delta[i] *= gradient(x[i], a)
 
 
 @pkernel
