@@ -396,9 +396,8 @@ def _logistic_planes(l, coords):
             act.activate_array(l.output[index:], (1 + l.classes) * spatial, LOGISTIC)
 
 
-def truth_error(l, status, stats, truth):
-    """The DarkpyError for a training kernel's status code."""
-    b, t = int(stats[8]), int(stats[9])
+def truth_error(l, status, b, t, truth):
+    """The DarkpyError for a training kernel's status code about truth ``t`` of image ``b``."""
     if status == _TRUTH_READ_PAST_END:
         return DarkpyError(f"{l.type}: max={l.max_boxes} truth boxes per image read past the end of "
                            f"net.truth ({truth.shape[0]} values) at image {b}, box {t}")
@@ -432,7 +431,7 @@ def forward(l, net):
                                   l.max_boxes, net.w, net.h, np.float32(l.ignore_thresh),
                                   np.float32(l.truth_thresh), stats)
     if status:
-        raise truth_error(l, status, stats, net.truth)
+        raise truth_error(l, status, int(stats[8]), int(stats[9]), net.truth)
     l.cost[0] = squared_magnitude_cost(l.delta, size)
     _log_stats(l, net, stats)
 
