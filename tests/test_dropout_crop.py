@@ -76,6 +76,9 @@ def test_parse_dropout():
     assert l.scale != np.float32(1) / (np.float32(1) - p)
     with pytest.raises(CfgError):
         dropout.parse(section("[dropout]\nprobability=1\n"), params_for(1, 3, 4, 5))
+    with pytest.raises(CfgError) as e:
+        dropout.parse(section("[dropout]\n", index=0), params_for(1, 3, 4, 5, index=0))
+    assert e.value.layer == 0
 
 
 def test_dropout_inference_is_identity_and_draws_nothing(impl, seeded):

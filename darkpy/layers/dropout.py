@@ -17,11 +17,14 @@ from darkpy.layer import Layer
 
 def parse(section, params):
     """darknet's ``parse_dropout``: ``probability`` (default .5); the shape passes through."""
+    where = dict(path=section.path, line=section.line, section=section.header, layer=params.index)
     probability = section.find_float("probability", .5)
     if not probability < 1:  # also refuses NaN
-        raise CfgError(f"[dropout] probability={probability}: expected a value below 1",
-                       path=section.path, line=section.line, section=section.header,
-                       layer=params.index)
+        raise CfgError(f"[dropout] probability={probability}: expected a value below 1", **where)
+    if params.index == 0:
+        # darknet would take the buffers of the layer before the first one (undefined behaviour)
+        raise CfgError("[dropout] cannot be the first layer: it works in place on the previous "
+                       "layer's output", **where)
     l = make_dropout_layer(params.batch, params.inputs, probability)
     l.out_w = params.w
     l.out_h = params.h
