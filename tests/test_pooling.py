@@ -14,7 +14,6 @@ from darkpy.description import parse_cfg_text
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import pooling as fast
 from darkpy.kernels.reference import pooling as ref
-from darkpy.layer import Layer
 from darkpy.layers import avgpool, maxpool
 from darkpy.network import SizeParams
 
