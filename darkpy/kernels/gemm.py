@@ -1,0 +1,518 @@
+"""darknet's ``gemm.c``, fast and bit-identical to ``darkpy.kernels.reference.gemm``.
+
+Same functions, same signatures, same results bit for bit.  What may change and
+what may not:
+
+* Every C element must receive exactly darknet's sequence of float32 roundings:
+
+  - ``gemm_nn`` / ``gemm_tn``: ``c = c*BETA``, then for k = 0, 1, ..., K-1:
+    ``c = c + A_PART(i,k)*b(k,j)`` with ``A_PART = ALPHA*a(i,k)`` rounded once;
+  - ``gemm_nt`` / ``gemm_tt``: ``sum = +0``, for k in order
+    ``sum = sum + A_PART(i,k)*b(k,j)`` (C's ``ALPHA*A[..]*B[..]`` is
+    ``(ALPHA*A[..])*B[..]``), then ``c = c*BETA + sum`` once.
+
+  Each multiply and each add is rounded on its own: no FMA, no reassociation.
+* Anything else is free: the (i, j) elements are independent, so they are
+  computed many at a time.
+
+How (the GotoBLAS layout, without the reassociation a BLAS allows itself):
+
+* C is cut into independent tasks of ``MC`` rows x ``NC`` columns, run in
+  parallel with ``prange`` (never splitting K between threads).
+* Within a task, K is walked in chunks of ``KC`` **in order**; between chunks the
+  running value of each element waits in memory (C itself, or the ``sum``
+  buffer for nt/tt), which stores the float32 exactly.
+* Per chunk, the ``A_PART`` values of the task's rows are computed once and
+  packed into ``MR``-row panels (k-major), and B into ``NR``-column panels
+  (k-major, zero padded), so the micro-kernel reads both contiguously.
+* The micro-kernel keeps an ``MR x NR`` tile (4 x 16: eight 8-float AVX
+  registers) of running values in registers across the chunk: for each k one
+  broadcast of ``A_PART`` per row, one 16-float row of B, then a separate
+  vector multiply and vector add per register -- the scalar rounding sequence,
+  8 lanes at a time.  Edge tiles go through a 4 x 16 scratch tile, so padding
+  never touches the caller's memory.
+
+The vector operations are LLVM ``<8 x float>`` ``fmul``/``fadd`` instructions
+written with Numba intrinsics and no fast-math flags, so LLVM may not contract
+them into FMAs (tests inspect the assembly for ``vfmadd``).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, models, register_model
+
+from darkpy.kernels import kernel, pkernel
+from darkpy.kernels.reference.gemm import check_gemm_args
+
+#: Micro-kernel tile: MR rows x NR columns of C held in registers (NR = 2 vectors of 8).
+MR = 4
+NR = 16
+#: Cache blocking: K chunk (a 16 KB B panel stays in L1), task rows, task columns.
+KC = 256
+MC = 64
+NC = 512
+#: The blocks of C are dealt out in at most this many contiguous runs (prange iterations),
+#: each allocating its packing buffers once.
+WORKERS = 64
+
+# ---------------------------------------------------------------------------
+# An 8 x float32 vector value for Numba: a type, its LLVM representation
+# (<8 x float>), and the few plain IEEE operations the micro-kernels need.
+# ---------------------------------------------------------------------------
+
+_V8 = ir.VectorType(ir.FloatType(), 8)
+
+
+class Float32x8(types.Type):
+    """Eight float32 lanes in one LLVM ``<8 x float>`` value (an AVX register)."""
+
+    def __init__(self):
+        super().__init__(name="Float32x8")
+
+
+float32x8 = Float32x8()
+
+
+@register_model(Float32x8)
+class _Float32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8)
+
+
+def _is_f32_contig(arr):
+    return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 \
+        and arr.layout == "C"
+
+
+def _lane_pointer(context, builder, arrty, arr, idxty, idx):
+    ary = context.make_array(arrty)(context, builder, arr)
+    i = context.cast(builder, idx, idxty, types.intp)
+    return builder.bitcast(builder.gep(ary.data, [i]), _V8.as_pointer())
+
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """The 8 floats ``arr[idx:idx+8]`` (unaligned load; ``arr`` a contiguous 1-D float32 array)."""
+    if not (_is_f32_contig(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _lane_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load(ptr, align=4, typ=_V8)
+
+    return float32x8(arr, idx), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, v):
+    """Store the 8 lanes of ``v`` into ``arr[idx:idx+8]``."""
+    if not (_is_f32_contig(arr) and isinstance(idx, types.Integer) and v == float32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _lane_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        builder.store(args[2], ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, v), codegen
+
+
+@intrinsic
+def vbroadcast(typingctx, x):
+    """A vector with ``x`` (a float32) in all 8 lanes."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        return builder.shuffle_vector(v, ir.Constant(_V8, ir.Undefined), zeros)
+
+    return float32x8(x), codegen
+
+
+@intrinsic
+def vbroadcast_at(typingctx, arr, idx):
+    """A vector with ``arr[idx]`` in all 8 lanes (no negative-index wraparound: ``idx >= 0``)."""
+    if not (_is_f32_contig(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        x = builder.load(builder.gep(ary.data, [i]), align=4, typ=ir.FloatType())
+        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        return builder.shuffle_vector(v, ir.Constant(_V8, ir.Undefined), zeros)
+
+    return float32x8(arr, idx), codegen
+
+
+@intrinsic
+def get(typingctx, arr, idx):
+    """``arr[idx]`` for ``idx >= 0``, without Numba's negative-index wraparound."""
+    if not (_is_f32_contig(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        return builder.load(builder.gep(ary.data, [i]), align=4, typ=ir.FloatType())
+
+    return types.float32(arr, idx), codegen
+
+
+@intrinsic
+def put(typingctx, arr, idx, x):
+    """``arr[idx] = x`` (a float32) for ``idx >= 0``, without negative-index wraparound."""
+    if not (_is_f32_contig(arr) and isinstance(idx, types.Integer) and x == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        builder.store(args[2], builder.gep(ary.data, [i]), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, x), codegen
+
+
+def _mask(*lanes):
+    return ir.Constant(ir.VectorType(ir.IntType(32), 8), list(lanes))
+
+
+@intrinsic
+def transpose8x8(typingctx, src, s, lds, dst, d, ldd):
+    """dst[d + c*ldd + r] = src[s + r*lds + c] for r, c < 8: an 8 x 8 block transposed
+    in registers (shuffles only: the floats are moved, never computed)."""
+    if not (_is_f32_contig(src) and _is_f32_contig(dst)
+            and all(isinstance(x, types.Integer) for x in (s, lds, d, ldd))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        srcty, sty, ldsty, dstty, dty, lddty = sig.args
+        src_a = context.make_array(srcty)(context, builder, args[0])
+        dst_a = context.make_array(dstty)(context, builder, args[3])
+        s_, lds_ = (context.cast(builder, v, t, types.intp) for v, t in ((args[1], sty), (args[2], ldsty)))
+        d_, ldd_ = (context.cast(builder, v, t, types.intp) for v, t in ((args[4], dty), (args[5], lddty)))
+        intp = s_.type
+
+        def row_ptr(data, start, ld, r):
+            off = builder.add(start, builder.mul(ld, ir.Constant(intp, r)))
+            return builder.bitcast(builder.gep(data, [off]), _V8.as_pointer())
+
+        rows = [builder.load(row_ptr(src_a.data, s_, lds_, r), align=4, typ=_V8) for r in range(8)]
+        lo, hi = _mask(0, 8, 1, 9, 4, 12, 5, 13), _mask(2, 10, 3, 11, 6, 14, 7, 15)
+        t = []
+        for r in range(0, 8, 2):
+            t += [builder.shuffle_vector(rows[r], rows[r + 1], lo),
+                  builder.shuffle_vector(rows[r], rows[r + 1], hi)]
+        lo2, hi2 = _mask(0, 1, 8, 9, 4, 5, 12, 13), _mask(2, 3, 10, 11, 6, 7, 14, 15)
+        u = []
+        for q in (0, 4):  # t[q], t[q+2] hold columns {0,1,4,5}; t[q+1], t[q+3] columns {2,3,6,7}
+            u += [builder.shuffle_vector(t[q], t[q + 2], lo2),
+                  builder.shuffle_vector(t[q], t[q + 2], hi2),
+                  builder.shuffle_vector(t[q + 1], t[q + 3], lo2),
+                  builder.shuffle_vector(t[q + 1], t[q + 3], hi2)]
+        # u[c] (c < 4) holds rows 0-3 of columns c and c+4; u[4+c] rows 4-7 of the same columns
+        lo4, hi4 = _mask(0, 1, 2, 3, 8, 9, 10, 11), _mask(4, 5, 6, 7, 12, 13, 14, 15)
+        for c in range(4):
+            builder.store(builder.shuffle_vector(u[c], u[4 + c], lo4), row_ptr(dst_a.data, d_, ldd_, c), align=4)
+            builder.store(builder.shuffle_vector(u[c], u[4 + c], hi4), row_ptr(dst_a.data, d_, ldd_, c + 4),
+                          align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, s, lds, dst, d, ldd), codegen
+
+
+@intrinsic
+def vzero(typingctx):
+    """A vector of eight +0.0f."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V8, [0.0] * 8)
+
+    return float32x8(), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """Lane-wise float32 ``a + b``, one IEEE rounding per lane (no fast-math flags)."""
+    if not (a == float32x8 and b == float32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return float32x8(a, b), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """Lane-wise float32 ``a * b``, one IEEE rounding per lane (no fast-math flags)."""
+    if not (a == float32x8 and b == float32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+
+    return float32x8(a, b), codegen
+
+
+# ---------------------------------------------------------------------------
+# The micro-kernel: a 4 x 16 tile of running values, k in order.
+# ``Ap`` holds A_PART k-major (Ap[ap + k*MR + r]); row k of the B panel is
+# Bp[bp + k*ldbp : +16] (B itself, or a packed copy); the tile lives in T at
+# T[t + r*ldt + jj].
+# ---------------------------------------------------------------------------
+
+@kernel
+def _tile(kc, Ap, ap, Bp, bp, ldbp, T, t, ldt, scale, BETA):
+    """T(r, jj) *= BETA when ``scale`` (gemm_cpu's first step), then for k = 0..kc-1 in
+    order: T(r, jj) = T(r, jj) + A_PART(r, k)*B(k, jj), each operation rounded on its own."""
+    c00 = vload(T, t)
+    c01 = vload(T, t + 8)
+    c10 = vload(T, t + ldt)
+    c11 = vload(T, t + ldt + 8)
+    c20 = vload(T, t + 2 * ldt)
+    c21 = vload(T, t + 2 * ldt + 8)
+    c30 = vload(T, t + 3 * ldt)
+    c31 = vload(T, t + 3 * ldt + 8)
+    if scale:
+        beta = vbroadcast(BETA)
+        c00 = vmul(c00, beta)
+        c01 = vmul(c01, beta)
+        c10 = vmul(c10, beta)
+        c11 = vmul(c11, beta)
+        c20 = vmul(c20, beta)
+        c21 = vmul(c21, beta)
+        c30 = vmul(c30, beta)
+        c31 = vmul(c31, beta)
+    for k in range(kc):
+        b0 = vload(Bp, bp + k * ldbp)
+        b1 = vload(Bp, bp + k * ldbp + 8)
+        a = vbroadcast_at(Ap, ap + k * MR)
+        c00 = vadd(c00, vmul(a, b0))
+        c01 = vadd(c01, vmul(a, b1))
+        a = vbroadcast_at(Ap, ap + k * MR + 1)
+        c10 = vadd(c10, vmul(a, b0))
+        c11 = vadd(c11, vmul(a, b1))
+        a = vbroadcast_at(Ap, ap + k * MR + 2)
+        c20 = vadd(c20, vmul(a, b0))
+        c21 = vadd(c21, vmul(a, b1))
+        a = vbroadcast_at(Ap, ap + k * MR + 3)
+        c30 = vadd(c30, vmul(a, b0))
+        c31 = vadd(c31, vmul(a, b1))
+    vstore(T, t, c00)
+    vstore(T, t + 8, c01)
+    vstore(T, t + ldt, c10)
+    vstore(T, t + ldt + 8, c11)
+    vstore(T, t + 2 * ldt, c20)
+    vstore(T, t + 2 * ldt + 8, c21)
+    vstore(T, t + 3 * ldt, c30)
+    vstore(T, t + 3 * ldt + 8, c31)
+
+
+# ---------------------------------------------------------------------------
+# Packing.  A_PART = ALPHA*a(i, k) is rounded here, once per (i, k), as darknet
+# rounds it once per (i, k); rows past the task's end are zero.
+# ---------------------------------------------------------------------------
+
+@kernel
+def _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap):
+    """Ap[p*MR*kc + k*MR + r] = ALPHA*op(A)(i0 + p*MR + r, k0 + k), zero past row i0+mc."""
+    panels = (mc + MR - 1) // MR
+    for p in range(panels):
+        base = p * MR * kc
+        mr = min(MR, mc - p * MR)
+        if mr < MR:
+            Ap[base:base + MR * kc] = np.float32(0)
+        if TA:  # op(A)(i, k) = A[k*lda + i]: the MR rows of one k are contiguous
+            for k in range(kc):
+                for r in range(mr):
+                    put(Ap, base + k * MR + r, alpha * get(A, (k0 + k) * lda + i0 + p * MR + r))
+        else:
+            for r in range(mr):
+                for k in range(kc):
+                    put(Ap, base + k * MR + r, alpha * get(A, (i0 + p * MR + r) * lda + k0 + k))
+
+
+@kernel
+def _pack_B(TB, B, ldb, k0, kc, j, nr, Bp):
+    """Bp[k*NR + jj] = op(B)(k0 + k, j + jj) for jj < nr, zero for the padding columns."""
+    if nr < NR:
+        Bp[:kc * NR] = np.float32(0)
+    if TB:  # op(B)(k, j) = B[j*ldb + k]: transpose 8 x 8 blocks, then the ragged edges
+        k8 = kc // 8 * 8
+        j8 = nr // 8 * 8
+        for jj in range(0, j8, 8):
+            for k in range(0, k8, 8):
+                transpose8x8(B, (j + jj) * ldb + k0 + k, ldb, Bp, k * NR + jj, NR)
+        for jj in range(j8):
+            for k in range(k8, kc):
+                put(Bp, k * NR + jj, get(B, (j + jj) * ldb + k0 + k))
+        for jj in range(j8, nr):
+            for k in range(kc):
+                put(Bp, k * NR + jj, get(B, (j + jj) * ldb + k0 + k))
+    elif nr == NR:
+        for k in range(kc):
+            vstore(Bp, k * NR, vload(B, (k0 + k) * ldb + j))
+            vstore(Bp, k * NR + 8, vload(B, (k0 + k) * ldb + j + 8))
+    else:
+        for k in range(kc):
+            for jj in range(nr):
+                put(Bp, k * NR + jj, get(B, (k0 + k) * ldb + j + jj))
+
+
+# ---------------------------------------------------------------------------
+# Tasks: C is cut into MC x NC blocks, independent of one another; a task walks
+# K in order, KC at a time.
+# ---------------------------------------------------------------------------
+
+@kernel
+def _accumulate_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc):
+    """Blocks t0..t1-1 of gemm_nn (TA=0) / gemm_tn (TA=1): C *= BETA (when ``scale``,
+    gemm_cpu's step), then C += A_PART*B, k in order, accumulating in C itself."""
+    Ap = np.empty(MC * KC, np.float32)
+    Bp = np.empty(KC * NR, np.float32)
+    T = np.empty(MR * NR, np.float32)
+    for task in range(t0, t1):
+        i0 = (task // ntasks) * MC
+        j0 = (task % ntasks) * NC
+        mc = min(MC, M - i0)
+        nc = min(NC, N - j0)
+        if scale and K == 0:  # no K chunk below to fold the BETA step into
+            for i in range(i0, i0 + mc):
+                for j in range(j0, j0 + nc):
+                    C[i * ldc + j] *= beta
+        panels = (mc + MR - 1) // MR
+        for k0 in range(0, K, KC):
+            kc = min(KC, K - k0)
+            first = scale and k0 == 0
+            _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
+            for j in range(j0, j0 + nc, NR):
+                nr = min(NR, j0 + nc - j)
+                if nr == NR:  # a full panel: the micro-kernel reads B's rows where they are
+                    Bq, bq, ldbq = B, k0 * ldb + j, ldb
+                else:  # the ragged right edge: a zero-padded copy
+                    _pack_B(0, B, ldb, k0, kc, j, nr, Bp)
+                    Bq, bq, ldbq = Bp, 0, NR
+                for p in range(panels):
+                    i = i0 + p * MR
+                    mr = min(MR, i0 + mc - i)
+                    if mr == MR and nr == NR:
+                        _tile(kc, Ap, p * MR * kc, Bq, bq, ldbq, C, i * ldc + j, ldc, first, beta)
+                    else:  # an edge tile: run it on a scratch copy
+                        for r in range(mr):
+                            for jj in range(nr):
+                                T[r * NR + jj] = C[(i + r) * ldc + j + jj]
+                        _tile(kc, Ap, p * MR * kc, Bq, bq, ldbq, T, 0, NR, first, beta)
+                        for r in range(mr):
+                            for jj in range(nr):
+                                C[(i + r) * ldc + j + jj] = T[r * NR + jj]
+
+
+@kernel
+def _sum_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc):
+    """Blocks t0..t1-1 of gemm_nt (TA=0) / gemm_tt (TA=1): per element a float ``sum`` from
+    +0 over k in order (kept in S between K chunks), then C *= BETA (when ``scale``), C += sum."""
+    lds = (NC + NR - 1) // NR * NR
+    S = np.empty(MC * lds, np.float32)
+    Ap = np.empty(MC * KC, np.float32)
+    Bp = np.empty(KC * NR, np.float32)
+    for task in range(t0, t1):
+        i0 = (task // ntasks) * MC
+        j0 = (task % ntasks) * NC
+        mc = min(MC, M - i0)
+        nc = min(NC, N - j0)
+        panels = (mc + MR - 1) // MR
+        S[:] = np.float32(0)
+        for k0 in range(0, K, KC):
+            kc = min(KC, K - k0)
+            _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
+            for j in range(j0, j0 + nc, NR):
+                nr = min(NR, j0 + nc - j)
+                _pack_B(1, B, ldb, k0, kc, j, nr, Bp)
+                for p in range(panels):
+                    _tile(kc, Ap, p * MR * kc, Bp, 0, NR, S, p * MR * lds + j - j0, lds, False, beta)
+        for i in range(i0, i0 + mc):
+            for j in range(j0, j0 + nc):
+                if scale:
+                    C[i * ldc + j] *= beta
+                C[i * ldc + j] += S[(i - i0) * lds + j - j0]
+
+
+@pkernel
+def _gemm_accumulate(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
+    """gemm_nn / gemm_tn: the blocks of C shared out among the threads."""
+    alpha = np.float32(ALPHA)
+    beta = np.float32(BETA)
+    ntasks = (N + NC - 1) // NC
+    tasks = ((M + MC - 1) // MC) * ntasks
+    workers = min(WORKERS, tasks)
+    for w in prange(workers):
+        _accumulate_tasks(w * tasks // workers, (w + 1) * tasks // workers, ntasks,
+                          TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+
+
+@pkernel
+def _gemm_sum(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
+    """gemm_nt / gemm_tt: the blocks of C shared out among the threads."""
+    alpha = np.float32(ALPHA)
+    beta = np.float32(BETA)
+    ntasks = (N + NC - 1) // NC
+    tasks = ((M + MC - 1) // MC) * ntasks
+    workers = min(WORKERS, tasks)
+    for w in prange(workers):
+        _sum_tasks(w * tasks // workers, (w + 1) * tasks // workers, ntasks,
+                   TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+
+
+# ---------------------------------------------------------------------------
+# darknet's entry points.
+# ---------------------------------------------------------------------------
+
+def gemm(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
+    """darknet's ``gemm``: check the arguments, then ``gemm_cpu`` (updates C in place)."""
+    check_gemm_args(TA, TB, M, N, K, A, lda, B, ldb, C, ldc)
+    for name, buf in (("A", A), ("B", B), ("C", C)):
+        if not buf.flags.c_contiguous:
+            from darkpy.errors import DarkpyError
+            raise DarkpyError(f"gemm: {name} must be contiguous (a flat buffer or a slice of one)")
+    gemm_cpu(int(TA), int(TB), int(M), int(N), int(K), np.float32(ALPHA), A, int(lda),
+             B, int(ldb), np.float32(BETA), C, int(ldc))
+
+
+@kernel
+def gemm_cpu(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
+    """darknet's ``gemm_cpu``: C = BETA*C + ALPHA*op(A)*op(B) in darknet's per-element order."""
+    ta = 1 if TA else 0
+    if TB:
+        _gemm_sum(ta, M, N, K, np.float32(ALPHA), A, lda, B, ldb, True, np.float32(BETA), C, ldc)
+    else:
+        _gemm_accumulate(ta, M, N, K, np.float32(ALPHA), A, lda, B, ldb, True, np.float32(BETA), C, ldc)
+
+
+@kernel
+def gemm_nn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_nn``: C += ALPHA*A*B (no BETA step)."""
+    _gemm_accumulate(0, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc)
+
+
+@kernel
+def gemm_tn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_tn``: C += ALPHA*A^T*B (no BETA step)."""
+    _gemm_accumulate(1, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc)
+
+
+@kernel
+def gemm_nt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_nt``: C += sum_k ALPHA*A*B^T (no BETA step)."""
+    _gemm_sum(0, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc)
+
+
+@kernel
+def gemm_tt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
+    """darknet's ``gemm_tt``: C += sum_k ALPHA*A^T*B^T (no BETA step)."""
+    _gemm_sum(1, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc)
