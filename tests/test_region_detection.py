@@ -252,7 +252,8 @@ def test_region_parse_errors(tmp_path):
     with pytest.raises(CfgError, match="tree="):
         region.parse(section(REGION + "tree=data/9k.tree\n"), SizeParams(1, 9 * 16, 3, 3, 16, 0, 1, None))
     with pytest.raises(CfgError, match="anchor values"):
-        region.parse(section(REGION.replace("2.6,2.2", "2.6,2.2,5")), SizeParams(1, 9 * 16, 3, 3, 16, 0, 1, None))
+        region.parse(section(REGION.replace("2.6,2.2", "2.6,2.2,5")),
+                     SizeParams(1, 9 * 16, 3, 3, 16, 0, 1, None))
     l = region_layer()
     assert (l.truths, l.max_boxes, l.thresh, l.object_scale, l.mask_scale) == (150, 30, f32(.6), 5, 1)
     assert l.biases.tolist() == [f32(1.2), f32(1.5), f32(2.6), f32(2.2)]

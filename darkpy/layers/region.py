@@ -280,7 +280,7 @@ def region_training_deltas(output, delta, truth, biases, cmap, has_map, batch, w
                     best_n = a
             location = best_n * w * h + j * w + i
             box_index = entry_index(b, location, 0, w, h, coords, classes, outputs)
-            cls = _class_of(truth, at + coords, cmap, has_map, classes)
+            cls = _class_of(truth, at + coords, cmap, has_map)
             class_index = entry_index(b, location, coords + 1, w, h, coords, classes, outputs)
             if not (_cell_fits(box_index, stride, coords + 1 + classes, size)
                     and _cell_fits(class_index + stride * cls, stride, 1, size)):

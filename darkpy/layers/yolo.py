@@ -253,8 +253,11 @@ def _cell_fits(index, stride, entries, size):
 
 
 @kernel
-def _class_of(truth, at, cmap, has_map, classes):
-    """``int class = truth[at]`` (C's float to int truncation), through ``map`` when given; -1 if outside the map."""
+def _class_of(truth, at, cmap, has_map):
+    """``int class = truth[at]`` (C's float to int truncation), through ``map`` when given.
+
+    INT_MIN marks a value C cannot convert (NaN, out of int range) or a class id outside the map.
+    """
     v = truth[at]
     if not (v > -2147483648.0 and v < 2147483648.0):
         return -2147483648  # NaN or out of int range: undefined in C; treated as "outside"
@@ -308,7 +311,7 @@ def yolo_training_deltas(output, delta, truth, biases, mask, cmap, has_map, batc
                     if best_iou > truth_thresh:
                         delta[obj_index] = np.float32(1) - output[obj_index]
                         at = best_t * (4 + 1) + b * truths
-                        cls = _class_of(truth, at + 4, cmap, has_map, classes)
+                        cls = _class_of(truth, at + 4, cmap, has_map)
                         class_index = entry_index(b, a * w * h + j * w + i, 4 + 1, w, h, classes,
                                                   outputs)
                         if not (_cell_fits(class_index, stride, classes, size)
@@ -360,7 +363,7 @@ def yolo_training_deltas(output, delta, truth, biases, mask, cmap, has_map, batc
                 obj_index = entry_index(b, mask_n * w * h + j * w + i, 4, w, h, classes, outputs)
                 class_index = entry_index(b, mask_n * w * h + j * w + i, 4 + 1, w, h, classes,
                                           outputs)
-                cls = _class_of(truth, at + 4, cmap, has_map, classes)
+                cls = _class_of(truth, at + 4, cmap, has_map)
                 if not (_cell_fits(box_index, stride, 4 + 1 + classes, size)
                         and _cell_fits(class_index + stride * cls, stride, 1, size)):
                     stats[8] = b
