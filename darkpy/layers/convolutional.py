@@ -184,8 +184,8 @@ def make_convolutional_layer(batch, h, w, c, n, groups, size, stride, padding, a
     l.out_h = out_size(h, size, stride, padding)
     l.out_w = out_size(w, size, stride, padding)
     if l.out_h < 1 or l.out_w < 1:
-        raise _shape_error(f"convolutional: a {size}x{size} kernel with stride {stride} and padding "
-                           f"{padding} on a {h}x{w} input gives a {l.out_h}x{l.out_w} output", "size")
+        raise _shape_error(f"convolutional: size={size} with stride={stride} and padding={padding} "
+                           f"on a {h}x{w} input gives a {l.out_h}x{l.out_w} output", "size")
     if size == 1 and stride > 1:
         warnings.warn(f"convolutional: size=1 stride={stride}: darknet's 1x1 path ignores the stride "
                       "(it reads the first out_h*out_w pixels of each plane); darkpy does the same",
