@@ -33,8 +33,13 @@ The YAML form holds the same sections::
       anchors: [10, 13, 16, 30]
 
 Each layer is a mapping whose first key is ``type`` (the section name as in the
-cfg, aliases allowed); the remaining keys are the options in order (a
-``[cost]`` layer's own ``type`` option follows the first one).  The text of a
+cfg, aliases allowed); the remaining keys are the options in order.  A layer
+that has an option called ``type`` itself (``[cost]``'s ``type=sse``) names its
+section with ``layer:`` instead, so that no YAML reader sees a duplicate key::
+
+    - layer: cost
+      type: sse
+  The text of a
 plain YAML number is kept as written, so ``jitter: .3`` gives darknet the
 string ``.3`` exactly as the cfg did; a YAML list is joined with commas.
 """
@@ -46,6 +51,7 @@ import secrets
 import warnings
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from darkpy.errors import CfgError, DarkpyWarning
@@ -146,8 +152,6 @@ def _c_float(text):
     that double to float32 (two roundings, as in C; Python's float() is the
     same correctly rounded strtod).
     """
-    import numpy as np
-
     if not _C_FLOAT.fullmatch(text):
         return None
     with np.errstate(over="ignore"):
@@ -251,8 +255,6 @@ class Section:
         The default is converted to float32 too, as C converts the ``float``
         argument; a ``None`` default gives None for a missing key.
         """
-        import numpy as np
-
         opt = self._take(key)
         if opt is None:
             return None if default is None else np.float32(default)
@@ -465,6 +467,8 @@ _TEXT_TAGS = (_STR, "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:merge", "t
 # Plain YAML integers / floats whose YAML value is what atoi / atof read from the
 # same text (no octal leading zeros, no underscores, no sexagesimal, no .inf).
 _YAML_SAME_INT = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
+# SafeLoader's scalar constructors, for YAML numbers whose text atoi/atof would misread.
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
 
 def _node_line(node):
@@ -489,7 +493,7 @@ def _scalar_text(node, path, what):
     where = dict(path=path, line=_node_line(node))
     if tag in _TEXT_TAGS:
         return text
-    constructor = yaml.SafeLoader(text)  # only its construct_yaml_* methods are used
+    constructor = _CONSTRUCTOR
     try:
         if tag == _INT:
             if _YAML_SAME_INT.fullmatch(text):
@@ -504,8 +508,6 @@ def _scalar_text(node, path, what):
             return "1" if constructor.construct_yaml_bool(node) else "0"
     except (ValueError, TypeError, KeyError, IndexError, yaml.YAMLError) as e:
         raise CfgError(f"{what}: cannot read {text!r} as {tag.rsplit(':', 1)[-1]} ({e})", **where) from None
-    finally:
-        constructor.dispose()
     if tag == _NULL:
         raise CfgError(f"{what} has no value", **where)
     raise CfgError(f"{what}: unsupported YAML tag {tag!r}", **where)
@@ -611,10 +613,10 @@ def parse_yaml_text(text, path="<string>"):
         if not isinstance(item, yaml.MappingNode) or not item.value:
             raise CfgError("each layer must be a mapping starting with 'type:'", **where)
         (type_key, type_node), *pairs = item.value
-        if not (isinstance(type_key, yaml.ScalarNode) and type_key.value == "type"):
-            raise CfgError("a layer's first key must be 'type:'", **where)
+        if not (isinstance(type_key, yaml.ScalarNode) and type_key.value in ("type", "layer")):
+            raise CfgError("a layer's first key must be 'type:' (or 'layer:')", **where)
         if not isinstance(type_node, yaml.ScalarNode):
-            raise CfgError("'type:' must name a layer type", **where)
+            raise CfgError(f"'{type_key.value}:' must name a layer type", **where)
         header = strip(type_node.value)
         kind = canonical_type(header)
         if kind is None:
@@ -672,7 +674,8 @@ def to_yaml_text(desc):
     parts.append("layers:\n" if desc.layers else "layers: []\n")
     for index, section in enumerate(desc.layers):
         header = section.header if canonical_type(section.header) == section.type else section.type
-        pairs = [("type", yaml.ScalarNode(_STR, header))]
+        name = "layer" if section.has("type") else "type"
+        pairs = [(name, yaml.ScalarNode(_STR, header))]
         pairs += [(o.key, _value_node(o.value)) for o in section.options]
         item = yaml.SequenceNode(_SEQ, [_mapping(pairs)], flow_style=False)
         parts.append(f"\n# layer {index}\n" + _serialize(item))
