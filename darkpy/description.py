@@ -362,7 +362,7 @@ def _check_sections(path, sections):
 
 
 def _decode(data, path):
-    """Bytes -> text (UTF-8, optional BOM); bad bytes and NULs are CfgErrors with a line."""
+    """Bytes -> text (UTF-8, a leading BOM dropped); a byte that is not UTF-8 is a CfgError at its line."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
