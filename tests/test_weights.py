@@ -209,7 +209,7 @@ def test_golden_round_trip_through_the_network_builder(case, tmp_path):
     """load_network + load_weights + save_weights reproduce darknet's file; values as in the hand tables."""
     src = GOLDEN / case / "weights.weights"
     net = built_network(case)
-    assert [l.type for l in net.layers] == [s[0] if isinstance(s, str) else "convolutional"
+    assert [l.type for l in net.layers] == [s if isinstance(s, str) else "convolutional"
                                              for s in NETS[case]]
     load_quietly(net, src)
     reference = golden_net(case)
