@@ -107,7 +107,7 @@ def _random_shapes(rng, count):
 def test_fast_equals_reference_bitwise(seed):
     rng = np.random.default_rng(seed)
     shapes = _random_shapes(rng, 40)
-    shapes.append((64, 20, 20, 3, 1, 1))  # big enough for the parallel paths
+    shapes.append((64, 20, 20, 3, 1, 1))
     shapes.append((40, 17, 23, 5, 2, 2))
     for shape in shapes:
         channels, height, width, ksize, stride, pad = shape
@@ -118,12 +118,17 @@ def test_fast_equals_reference_bitwise(seed):
         ref.im2col_cpu(im, *shape, a)
         fast.im2col_cpu(im, *shape, b)
         assert np.array_equal(bits(a), bits(b)), shape
+        c = np.full(n, np.nan, np.float32)
+        fast.im2col_parallel(im, *shape, c)   # the threaded path, whatever the size
+        assert np.array_equal(bits(a), bits(c)), shape
         col = (rng.standard_normal(n) * np.exp(rng.uniform(-20, 20, n))).astype(np.float32)
         x = rng.standard_normal(channels * height * width).astype(np.float32)
-        y = x.copy()
+        y, z = x.copy(), x.copy()
         ref.col2im_cpu(col, *shape, x)
         fast.col2im_cpu(col, *shape, y)
+        fast.col2im_parallel(col, *shape, z)
         assert np.array_equal(bits(x), bits(y)), shape
+        assert np.array_equal(bits(x), bits(z)), shape
 
 
 @pytest.mark.parametrize("module", [ref, fast], ids=["reference", "fast"])

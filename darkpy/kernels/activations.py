@@ -28,8 +28,16 @@ from darkpy.kernels.reference.activations import (  # noqa: F401  (re-exported A
     ramp_activate, ramp_gradient, relie_activate, relie_gradient, relu_activate, relu_gradient,
     selu_activate, selu_gradient, stair_activate, stair_gradient, tanh_activate, tanh_gradient)
 
-#: Below this many elements one thread does the whole array (parallel start-up costs more).
-PARALLEL_MIN = 1 << 15
+#: Below this many elements one thread does the whole array.  The activations that call
+#: ``exp`` cost ~30 ns an element and gain from threads early; the others are a vectorised
+#: pass limited by memory bandwidth, where threads only pay off on very large arrays.
+PARALLEL_MIN = 1 << 14
+PARALLEL_MIN_CHEAP = 1 << 21
+_EXPENSIVE = (LOGISTIC, LOGGY, TANH, ELU, SELU)
+
+
+def _parallel(n, a):
+    return n >= (PARALLEL_MIN if a in _EXPENSIVE else PARALLEL_MIN_CHEAP)
 #: Elements per parallel chunk.
 CHUNK = 1 << 13
 
@@ -155,7 +163,7 @@ def activate_array(x, n, a):
     check_array("x", x, n)
     a = check_activation(a)
     n = int(n)
-    if n >= PARALLEL_MIN:
+    if _parallel(n, a):
         activate_array_parallel(x, n, a)
     else:
         activate_range(x, 0, n, a)
@@ -167,7 +175,7 @@ def gradient_array(x, n, a, delta):
     check_array("delta", delta, n)
     a = check_activation(a)
     n = int(n)
-    if n >= PARALLEL_MIN:
+    if n >= PARALLEL_MIN_CHEAP:  # no gradient calls exp
         gradient_array_parallel(x, n, a, delta)
     else:
         gradient_range(x, 0, n, a, delta)

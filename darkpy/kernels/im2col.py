@@ -20,8 +20,9 @@ from numba import prange
 from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.im2col import check_im2col_args, out_size
 
-#: Below this many column-matrix elements a single thread does the work.
-PARALLEL_MIN = 1 << 15
+#: Below this many column-matrix elements a single thread does the work (both loops are
+#: memory-bound copies/adds: threads pay off only on large layers).
+PARALLEL_MIN = 1 << 20
 
 
 @kernel
