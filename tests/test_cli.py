@@ -51,3 +51,26 @@ def test_reference_kernels_switch(capsys):
 def test_compare_two_dirs(capsys):
     assert main(["compare", str(GOLDEN / "bn-b3c5h7w3"), str(GOLDEN / "bn-b3c5h7w3")]) == 0
     assert "SAME" in capsys.readouterr().out
+
+
+def test_backward_dump_rechecks_bitwise_with_both_kernel_sets(tmp_path, capsys):
+    from darkpy import kernels
+    cfg = GOLDEN / "net-yolo-mini" / "network.cfg"
+    dump = tmp_path / "dump"
+    assert main(["backward", str(cfg), "--update", "--dump", str(dump), "--seed", "3"]) == 0
+    assert "cost:" in capsys.readouterr().out
+    try:
+        assert main(["check", "-q", str(dump)]) == 0
+        assert main(["check", "-q", "--kernels", "reference", str(dump)]) == 0
+    finally:
+        kernels.use("fast")
+    assert main(["backward", str(cfg), "--dump", str(dump)]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+
+
+def test_forward_rejects_an_input_of_the_wrong_size(tmp_path, capsys):
+    raw = tmp_path / "in.f32"
+    np.zeros(7, np.float32).tofile(raw)
+    assert main(["forward", str(GOLDEN / "net-yolo-mini" / "network.cfg"), "--input", str(raw)]) == 2
+    err = capsys.readouterr().err
+    assert "in.f32" in err and "7 float32 values" in err and "6144" in err
