@@ -232,7 +232,8 @@ static const char *fill_truth(network *net, dump_rng *r, int boxes, char *how, s
             }
             snprintf(how, howlen, "xorshift64*: %d boxes per image [x, y, w, h, class]", boxes);
         } else if (last->type == DETECTION) {
-            int side = last->side, classes = last->classes, coords = last->coords;
+            int side = last->side, coords = last->coords;
+            int classes = last->classes > 0 ? last->classes : 1;
             int cell = 1 + classes + coords;
             for (int k = 0; k < boxes; ++k) {
                 float x = 0.15f + 0.7f * dump_rng_unit(r), y = 0.15f + 0.7f * dump_rng_unit(r);
@@ -250,7 +251,7 @@ static const char *fill_truth(network *net, dump_rng *r, int boxes, char *how, s
             }
             snprintf(how, howlen, "xorshift64*: %d boxes per image, detection grid layout", boxes);
         } else {
-            t[dump_rng_next(r) % (uint64_t)truths] = 1;
+            if (truths > 0) t[dump_rng_next(r) % (uint64_t)truths] = 1;
             snprintf(how, howlen, "xorshift64*: one-hot over %d truths", truths);
         }
     }
