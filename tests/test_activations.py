@@ -299,3 +299,45 @@ def test_gradients_at_kinks_are_one_sided(name, x, dk, left, right):
     assert g(f(x)) == dk
     y = ref.activate(np.float32(x), ref.get_activation(name))
     assert ref.gradient(y, ref.get_activation(name)) == np.float32(dk)
+
+
+# ----------------------------------------------------------------------------- CUDA twins (simulator)
+
+CUDA_SIM_SCRIPT = r"""
+import numpy as np
+from darkpy.kernels import activations_cuda as C
+from darkpy.kernels.reference import activations as R
+rng = np.random.default_rng(0)
+x = np.concatenate([rng.standard_normal(60).astype(np.float32) * 5,
+                    np.array([0, -0., np.inf, -np.inf, np.nan, 1e-40, 3e38, -3e38, 3e9, -2.5, 3.25, 400,
+                              -400, -4, 4, 1, -1], np.float32),
+                    rng.integers(0, 2**32, 30, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+bad = []
+for a in range(14):
+    y, yr = x.copy(), x.copy()
+    C.activate_array_gpu(y, len(y) - 1, a)
+    R.activate_array(yr, len(yr) - 1, a)
+    d = rng.standard_normal(len(x)).astype(np.float32)
+    dr = d.copy()
+    C.gradient_array_gpu(x, len(x), a, d)
+    R.gradient_array(x, len(x), a, dr)
+    for name, u, v in (("activate", y, yr), ("gradient", d, dr)):
+        if not np.array_equal(u.view(np.uint32), v.view(np.uint32)):
+            bad.append((R.get_activation_string(a), name))
+print("MISMATCH" if bad else "BITWISE", bad)
+"""
+
+
+def test_cuda_twins_equal_reference_in_the_simulator():
+    """activations_cuda under NUMBA_ENABLE_CUDASIM=1 (a fresh interpreter: the flag is read at import)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    probe = subprocess.run([sys.executable, "-c", "import numba.cuda"], env=env, capture_output=True)
+    if probe.returncode:
+        pytest.skip("numba.cuda cannot be imported")
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", CUDA_SIM_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("BITWISE"), run.stdout

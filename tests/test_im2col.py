@@ -146,3 +146,49 @@ def test_bad_arguments_raise(module):
         module.im2col_cpu(im, 2, 1, 1, 4, 2, 0, col)               # no output position
     with pytest.raises(DarkpyError):
         module.im2col_cpu(im.astype(np.float64), 2, 4, 4, 3, 1, 1, col)
+
+
+CUDA_SIM_SCRIPT = r"""
+import numpy as np
+from darkpy.kernels import im2col_cuda as G
+from darkpy.kernels.reference import im2col as R
+rng = np.random.default_rng(0)
+bad = []
+for shape in [(2, 5, 4, 3, 1, 1), (3, 6, 7, 3, 2, 1), (2, 2, 2, 3, 2, 0), (1, 7, 7, 5, 3, 2), (4, 3, 3, 1, 1, 0)]:
+    C, H, W, k, s, p = shape
+    n = C * k * k * R.out_size(H, k, s, p) * R.out_size(W, k, s, p)
+    im = rng.standard_normal(C * H * W).astype(np.float32)
+    a = np.full(n, np.nan, np.float32)
+    b = a.copy()
+    R.im2col_cpu(im, *shape, a)
+    G.im2col_gpu(im, *shape, b)
+    col = (rng.standard_normal(n) * np.exp(rng.uniform(-15, 15, n))).astype(np.float32)
+    x = rng.standard_normal(C * H * W).astype(np.float32)
+    y = x.copy()
+    R.col2im_cpu(col, *shape, x)
+    G.col2im_gpu(col, *shape, y)
+    if not (np.array_equal(a.view(np.uint32), b.view(np.uint32)) and np.array_equal(x.view(np.uint32), y.view(np.uint32))):
+        bad.append(shape)
+try:
+    G.im2col_gpu(im, 2, 5, 4, 3, 1, 1, np.zeros(3, np.float32))
+    bad.append("no size check")
+except Exception as e:
+    if type(e).__name__ != "DarkpyError":
+        bad.append(repr(e))
+print("MISMATCH" if bad else "BITWISE", bad)
+"""
+
+
+def test_cuda_twins_equal_reference_in_the_simulator():
+    """im2col_cuda under NUMBA_ENABLE_CUDASIM=1 (a fresh interpreter: the flag is read at import)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    probe = subprocess.run([sys.executable, "-c", "import numba.cuda"], env=env, capture_output=True)
+    if probe.returncode:
+        pytest.skip("numba.cuda cannot be imported")
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", CUDA_SIM_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("BITWISE"), run.stdout
