@@ -7,6 +7,8 @@
     darkpy compare DIR_A DIR_B      compare two dumps tensor by tensor
     darkpy convert A B              cfg <-> YAML, lossless
     darkpy info CFG                 darknet's layer table with BFLOPs
+    darkpy gradcheck CFG [...]      float64 finite differences against every backward pass
+    darkpy bench [...]              benchmarks against the reference kernels, darknet, OpenCV
 
 Errors print one line naming the file/line/layer and exit with status 2
 (``--debug`` shows the traceback); ``check``/``compare`` exit 1 when a tensor differs.
@@ -28,8 +30,24 @@ from darkpy.errors import DarkpyError
 DEFAULT_CFG = Path(__file__).resolve().parent.parent / "cfg" / "darkpy-tiny.cfg"
 
 
+#: Subcommands with their own argument parser: name -> (module, function, help).
+DELEGATED = {
+    "gradcheck": ("darkpy.gradcheck", "main_gradcheck",
+                  "float64 finite differences against every layer's backward pass"),
+    "bench": ("darkpy.bench", "main", "benchmarks: medians and ratios against the baselines"),
+}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+        module, func, _ = DELEGATED[argv[0]]
+        try:
+            return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+        except DarkpyError as exc:
+            print(f"darkpy {argv[0]}: error: {exc}", file=sys.stderr)
+            return 2
     parser = _parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run"] + argv
@@ -102,6 +120,9 @@ def _parser():
     sp.add_argument("dst")
     sp.add_argument("--force", action="store_true", help="overwrite dst even if it is an input")
     sp.set_defaults(func=cmd_convert)
+
+    for name, (_, _, text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (see: darkpy {name} --help)", add_help=False)
 
     sp = sub.add_parser("info", parents=[common], help="darknet's layer table and BFLOPs")
     sp.add_argument("cfg")

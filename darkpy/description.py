@@ -114,6 +114,14 @@ LAYER_TYPES = {
     "upsample": "upsample",
 }
 
+#: darkpy's own section types beyond darknet (issue "Beyond darknet": the normalisation family).
+DARKPY_LAYER_TYPES = {
+    "layernorm": "layernorm",
+    "instancenorm": "instancenorm",
+    "groupnorm": "groupnorm",
+}
+LAYER_TYPES.update(DARKPY_LAYER_TYPES)
+
 # The characters darknet's strip() removes, plus '\r' (see the module docstring).
 _STRIPPED = str.maketrans("", "", " \t\n\r")
 

@@ -29,6 +29,10 @@ MODULES = {
     "yolo": "yolo",
     "region": "region",
     "detection": "detection",
+    # darkpy's additions to darknet's layer set
+    "layernorm": "layernorm",
+    "instancenorm": "instancenorm",
+    "groupnorm": "groupnorm",
 }
 
 
