@@ -2,7 +2,520 @@
 
 Every name of the reference exists here (re-exported below); the functions
 that have a faster twin are redefined after the import.  tests/test_blas.py
-checks each redefined function against its reference, bit for bit.
+checks each redefined function against its reference, bit for bit, on random
+shapes and on data with inf, NaN and denormals.
+
+How the fast versions stay exact:
+
+* Every element gets the same C operations, in the same order, with the same
+  float/double roundings as the reference.  Only *which element is computed when*
+  changes: elementwise loops run plane by plane over contiguous slices (so LLVM
+  vectorises them: a plain slice index lets it drop Numba's negative-index
+  check), and per-element constants of darknet's loops (``sqrt(variance[f])``,
+  ``mean_delta[f]/(spatial*batch)``, ``variance_delta[f]*2.``) are computed once per
+  channel: the same value, the same bits.
+* Every sum keeps darknet's order (one serial float or double chain per channel
+  or per plane, over b then k).  Sums are sped up by running several channels'
+  chains side by side (``LANES`` channels per loop step: independent chains
+  hide the add latency), never by splitting a chain.
+* NaN payloads: when two NaNs meet, x86 keeps the first operand's, and the
+  reference pins gcc's operand order with ``first_nan``.  The fast loops run
+  unguarded where at most one NaN payload can reach an operation (every NaN
+  created inside a kernel is the same default NaN, so only NaNs in the *inputs*
+  count): per channel, when a sum or a per-channel value comes out NaN, that
+  channel is recomputed on the guarded path, in the reference's operand order.
+* The batchnorm passes are fused per channel group (statistics, then one
+  normalise pass writing ``x``, ``x_norm`` and ``output``; one pass for all four
+  backward sums, then one pass for the new delta), and ``prange`` runs channel
+  groups in parallel: channels are independent outputs.
 """
 
+import math
+
+import numpy as np
+from numba import prange
+
+from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.blas import *  # noqa: F401,F403
+from darkpy.kernels.reference.blas import EPS_BACKWARD, EPS_FORWARD, first_nan
+
+#: Channels whose sums run side by side in one loop (see the module docstring).
+LANES = 4
+
+
+# ---------------------------------------------------------------- vector ops
+
+@kernel
+def copy_cpu(N, X, INCX, Y, INCY):
+    """darknet's ``copy_cpu``; unit strides run as a contiguous (vectorised) loop."""
+    if INCX == 1 and INCY == 1:
+        x = X[:N]
+        y = Y[:N]
+        for i in range(N):
+            y[i] = x[i]
+    else:
+        for i in range(N):
+            Y[i * INCY] = X[i * INCX]
+
+
+@kernel
+def fill_cpu(N, ALPHA, X, INCX):
+    """darknet's ``fill_cpu``; unit stride contiguous."""
+    alpha = np.float32(ALPHA)
+    if INCX == 1:
+        x = X[:N]
+        for i in range(N):
+            x[i] = alpha
+    else:
+        for i in range(N):
+            X[i * INCX] = alpha
+
+
+@kernel
+def axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
+    """darknet's ``axpy_cpu``: Y += ALPHA*X in float, product rounded before the add."""
+    alpha = np.float32(ALPHA)
+    if INCX == 1 and INCY == 1:
+        x = X[:N]
+        y = Y[:N]
+        for i in range(N):
+            product = alpha * x[i]
+            y[i] = first_nan(product, product + y[i])
+    else:
+        for i in range(N):
+            product = alpha * X[i * INCX]
+            Y[i * INCY] = first_nan(product, product + Y[i * INCY])
+
+
+@kernel
+def scal_cpu(N, ALPHA, X, INCX):
+    """darknet's ``scal_cpu``: X *= ALPHA in float."""
+    alpha = np.float32(ALPHA)
+    if INCX == 1:
+        x = X[:N]
+        for i in range(N):
+            x[i] *= alpha
+    else:
+        for i in range(N):
+            X[i * INCX] *= alpha
+
+
+@kernel
+def add_bias(output, biases, batch, n, size):
+    """darknet's ``add_bias``, plane by plane."""
+    for b in range(batch):
+        for i in range(n):
+            bias = biases[i]
+            plane = output[(b * n + i) * size:(b * n + i + 1) * size]
+            if bias != bias:           # two NaNs can meet: the output's wins (see reference)
+                for j in range(size):
+                    value = plane[j]
+                    plane[j] = first_nan(value, value + bias)
+            else:
+                for j in range(size):
+                    plane[j] += bias
+
+
+@kernel
+def scale_bias(output, scales, batch, n, size):
+    """darknet's ``scale_bias``, plane by plane."""
+    for b in range(batch):
+        for i in range(n):
+            scale = scales[i]
+            plane = output[(b * n + i) * size:(b * n + i + 1) * size]
+            if scale != scale:         # two NaNs can meet: the output's wins (see reference)
+                for j in range(size):
+                    value = plane[j]
+                    plane[j] = first_nan(value, value * scale)
+            else:
+                for j in range(size):
+                    plane[j] *= scale
+
+
+# ---------------------------------------------------------------- batchnorm statistics
+
+@kernel
+def _mean_variance_lanes(input, batch, out_c, spatial, f0, mean, variance):
+    """``mean_cpu`` then ``variance_cpu`` for the LANES channels f0.., their chains side by side.
+
+    Same operations as the reference per channel: the mean sums in float over b then k
+    and is scaled by the float ``1./n``; each variance term is the double square of the
+    float difference, added in double and rounded to float at every step.  Unguarded:
+    a channel whose mean comes out NaN is redone by ``_mean_variance_one``.
+    """
+    scale = np.float32(1. / (batch * spatial))
+    a0 = np.float32(0)
+    a1 = np.float32(0)
+    a2 = np.float32(0)
+    a3 = np.float32(0)
+    for b in range(batch):
+        p = (b * out_c + f0) * spatial
+        x0 = input[p:p + spatial]
+        x1 = input[p + spatial:p + 2 * spatial]
+        x2 = input[p + 2 * spatial:p + 3 * spatial]
+        x3 = input[p + 3 * spatial:p + 4 * spatial]
+        for k in range(spatial):
+            a0 += x0[k]
+            a1 += x1[k]
+            a2 += x2[k]
+            a3 += x3[k]
+    m0 = a0 * scale
+    m1 = a1 * scale
+    m2 = a2 * scale
+    m3 = a3 * scale
+    mean[f0] = m0
+    mean[f0 + 1] = m1
+    mean[f0 + 2] = m2
+    mean[f0 + 3] = m3
+
+    scale = np.float32(1. / (batch * spatial - 1))
+    v0 = np.float32(0)
+    v1 = np.float32(0)
+    v2 = np.float32(0)
+    v3 = np.float32(0)
+    for b in range(batch):
+        p = (b * out_c + f0) * spatial
+        x0 = input[p:p + spatial]
+        x1 = input[p + spatial:p + 2 * spatial]
+        x2 = input[p + 2 * spatial:p + 3 * spatial]
+        x3 = input[p + 3 * spatial:p + 4 * spatial]
+        for k in range(spatial):
+            d0 = np.float64(x0[k] - m0)
+            d1 = np.float64(x1[k] - m1)
+            d2 = np.float64(x2[k] - m2)
+            d3 = np.float64(x3[k] - m3)
+            v0 = np.float32(np.float64(v0) + d0 * d0)
+            v1 = np.float32(np.float64(v1) + d1 * d1)
+            v2 = np.float32(np.float64(v2) + d2 * d2)
+            v3 = np.float32(np.float64(v3) + d3 * d3)
+    variance[f0] = v0 * scale
+    variance[f0 + 1] = v1 * scale
+    variance[f0 + 2] = v2 * scale
+    variance[f0 + 3] = v3 * scale
+
+
+@kernel
+def _mean_variance_one(input, batch, out_c, spatial, f, mean, variance):
+    """``mean_cpu`` then ``variance_cpu`` for channel f, in the reference's (gcc's) operand
+    order for NaNs: the guarded path, and the channels left over after the lanes."""
+    scale = np.float32(1. / (batch * spatial))
+    a = np.float32(0)
+    for b in range(batch):
+        p = (b * out_c + f) * spatial
+        x = input[p:p + spatial]
+        for k in range(spatial):
+            a = first_nan(a, a + x[k])
+    m = a * scale
+    mean[f] = m
+    scale = np.float32(1. / (batch * spatial - 1))
+    v = 0.
+    for b in range(batch):
+        p = (b * out_c + f) * spatial
+        x = input[p:p + spatial]
+        for k in range(spatial):
+            d = np.float64(x[k] - m)
+            v = np.float64(np.float32(first_nan(v, v + d * d)))
+    variance[f] = np.float32(v) * scale
+
+
+@kernel
+def _normalize_channel(input, output, x, x_norm, m, den, scale, bias, batch, out_c, spatial, f):
+    """One channel of copy-to-x, ``normalize_cpu``, copy-to-x_norm, ``scale_bias``, ``add_bias``.
+
+    ``den`` is darknet's per-element ``sqrt(variance) + .000001f`` (double), the same
+    value for the whole channel.  x_norm is the double quotient rounded to float;
+    output = x_norm*scale (float) + bias (float).  ``x_norm`` may be None (inference).
+    The products and sums are guarded (x_norm's NaN first) only when the scale or
+    the bias is itself NaN: otherwise a single NaN payload can reach them.
+    """
+    guard = scale != scale or bias != bias
+    for b in range(batch):
+        p = (b * out_c + f) * spatial
+        src = input[p:p + spatial]
+        xs = x[p:p + spatial]
+        out = output[p:p + spatial]
+        if x_norm is not None:
+            xn = x_norm[p:p + spatial]
+            if guard:
+                for k in range(spatial):
+                    v = src[k]
+                    xs[k] = v
+                    norm = np.float32(np.float64(v - m) / den)
+                    xn[k] = norm
+                    scaled = first_nan(norm, norm * scale)
+                    out[k] = first_nan(scaled, scaled + bias)
+            else:
+                for k in range(spatial):
+                    v = src[k]
+                    xs[k] = v
+                    norm = np.float32(np.float64(v - m) / den)
+                    xn[k] = norm
+                    out[k] = norm * scale + bias
+        elif guard:
+            for k in range(spatial):
+                v = src[k]
+                xs[k] = v
+                norm = np.float32(np.float64(v - m) / den)
+                scaled = first_nan(norm, norm * scale)
+                out[k] = first_nan(scaled, scaled + bias)
+        else:
+            for k in range(spatial):
+                v = src[k]
+                xs[k] = v
+                norm = np.float32(np.float64(v - m) / den)
+                out[k] = norm * scale + bias
+
+
+@kernel
+def _rolling_update(rolling, stat):
+    """``scal_cpu(.99)`` then ``axpy_cpu(.01)`` on one value (float; gcc adds the product first)."""
+    kept = rolling * np.float32(.99)
+    product = np.float32(.01) * stat
+    return first_nan(product, product + kept)
+
+
+@pkernel
+def batchnorm_forward_train(input, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+                            scales, biases, batch, out_c, spatial):
+    """Fused twin of the reference ``batchnorm_forward_train`` (forward_batchnorm_layer, train).
+
+    Per group of LANES channels (in parallel): mean and variance with the chains side
+    by side (a channel whose mean is NaN is redone on the guarded path), the rolling
+    updates (float .99 and .01), then one pass writing x, x_norm and output.
+    ``input`` may be ``output`` itself (a convolutional layer).
+    """
+    groups = (out_c + LANES - 1) // LANES
+    for g in prange(groups):
+        f0 = g * LANES
+        f1 = min(f0 + LANES, out_c)
+        if f1 - f0 == LANES:
+            _mean_variance_lanes(input, batch, out_c, spatial, f0, mean, variance)
+            for f in range(f0, f1):
+                if mean[f] != mean[f]:
+                    _mean_variance_one(input, batch, out_c, spatial, f, mean, variance)
+        else:
+            for f in range(f0, f1):
+                _mean_variance_one(input, batch, out_c, spatial, f, mean, variance)
+        for f in range(f0, f1):
+            rolling_mean[f] = _rolling_update(rolling_mean[f], mean[f])
+            rolling_variance[f] = _rolling_update(rolling_variance[f], variance[f])
+            den = math.sqrt(np.float64(variance[f])) + np.float64(EPS_FORWARD)
+            _normalize_channel(input, output, x, x_norm, mean[f], den, scales[f], biases[f],
+                               batch, out_c, spatial, f)
+
+
+@pkernel
+def batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, scales, biases,
+                            batch, out_c, spatial):
+    """Fused twin of the reference ``batchnorm_forward_infer``: one pass per channel."""
+    for f in prange(out_c):
+        den = math.sqrt(np.float64(rolling_variance[f])) + np.float64(EPS_FORWARD)
+        _normalize_channel(input, output, x, None, rolling_mean[f], den, scales[f], biases[f],
+                           batch, out_c, spatial, f)
+
+
+# ---------------------------------------------------------------- batchnorm backward
+
+@kernel
+def _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums):
+    """The four backward sums of LANES channels f0.., chains side by side, unguarded.
+
+    Per channel, exactly as the reference: each plane's float sum of delta
+    (backward_bias; into ``plane_sums[b*LANES + j]``, added to bias_updates by the
+    caller); a float sum of delta*x_norm (backward_scale_cpu); after scale_bias,
+    d = delta*scale (float) summed in float (mean_delta_cpu) and (x - mean)*d summed
+    in float (variance_delta_cpu).  Writes (scale, mean, variance) sums of lane j
+    into sums[3*j:3*j+3].
+    """
+    s0 = scales[f0]
+    s1 = scales[f0 + 1]
+    s2 = scales[f0 + 2]
+    s3 = scales[f0 + 3]
+    m0 = mean[f0]
+    m1 = mean[f0 + 1]
+    m2 = mean[f0 + 2]
+    m3 = mean[f0 + 3]
+    q0 = np.float32(0)
+    q1 = np.float32(0)
+    q2 = np.float32(0)
+    q3 = np.float32(0)
+    e0 = np.float32(0)
+    e1 = np.float32(0)
+    e2 = np.float32(0)
+    e3 = np.float32(0)
+    w0 = np.float32(0)
+    w1 = np.float32(0)
+    w2 = np.float32(0)
+    w3 = np.float32(0)
+    for b in range(batch):
+        p = (b * out_c + f0) * spatial
+        d0 = delta[p:p + spatial]
+        d1 = delta[p + spatial:p + 2 * spatial]
+        d2 = delta[p + 2 * spatial:p + 3 * spatial]
+        d3 = delta[p + 3 * spatial:p + 4 * spatial]
+        n0 = x_norm[p:p + spatial]
+        n1 = x_norm[p + spatial:p + 2 * spatial]
+        n2 = x_norm[p + 2 * spatial:p + 3 * spatial]
+        n3 = x_norm[p + 3 * spatial:p + 4 * spatial]
+        x0 = x[p:p + spatial]
+        x1 = x[p + spatial:p + 2 * spatial]
+        x2 = x[p + 2 * spatial:p + 3 * spatial]
+        x3 = x[p + 3 * spatial:p + 4 * spatial]
+        b0 = np.float32(0)
+        b1 = np.float32(0)
+        b2 = np.float32(0)
+        b3 = np.float32(0)
+        for k in range(spatial):
+            v0 = d0[k]
+            v1 = d1[k]
+            v2 = d2[k]
+            v3 = d3[k]
+            b0 += v0
+            b1 += v1
+            b2 += v2
+            b3 += v3
+            q0 += v0 * n0[k]
+            q1 += v1 * n1[k]
+            q2 += v2 * n2[k]
+            q3 += v3 * n3[k]
+            v0 = v0 * s0
+            v1 = v1 * s1
+            v2 = v2 * s2
+            v3 = v3 * s3
+            e0 += v0
+            e1 += v1
+            e2 += v2
+            e3 += v3
+            w0 += (x0[k] - m0) * v0
+            w1 += (x1[k] - m1) * v1
+            w2 += (x2[k] - m2) * v2
+            w3 += (x3[k] - m3) * v3
+        plane_sums[b * LANES] = b0
+        plane_sums[b * LANES + 1] = b1
+        plane_sums[b * LANES + 2] = b2
+        plane_sums[b * LANES + 3] = b3
+    sums[0] = q0
+    sums[1] = e0
+    sums[2] = w0
+    sums[3] = q1
+    sums[4] = e1
+    sums[5] = w1
+    sums[6] = q2
+    sums[7] = e2
+    sums[8] = w2
+    sums[9] = q3
+    sums[10] = e3
+    sums[11] = w3
+
+
+@kernel
+def _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f, sums, plane_sums):
+    """The four sums of channel f alone (lane 0 of ``sums``, stride LANES in ``plane_sums``),
+    in the reference's (gcc's) operand order for NaNs: the guarded path."""
+    s = scales[f]
+    m = mean[f]
+    q = np.float32(0)
+    e = np.float32(0)
+    w = np.float32(0)
+    for b in range(batch):
+        p = (b * out_c + f) * spatial
+        d = delta[p:p + spatial]
+        n = x_norm[p:p + spatial]
+        xs = x[p:p + spatial]
+        bsum = np.float32(0)
+        for k in range(spatial):
+            v = d[k]
+            bsum = first_nan(bsum, bsum + v)
+            product = first_nan(v, v * n[k])
+            q = first_nan(q, q + product)
+            v = first_nan(v, v * s)
+            e = first_nan(e, e + v)
+            dx = xs[k] - m
+            product = first_nan(dx, dx * v)
+            w = first_nan(w, w + product)
+        plane_sums[b * LANES] = bsum
+    sums[0] = q
+    sums[1] = e
+    sums[2] = w
+
+
+@kernel
+def _normalize_delta_channel(delta, x, m, scale, sd, vd2, md_n, batch, out_c, spatial, f, guard):
+    """One channel of scale_bias + ``normalize_delta_cpu``.
+
+    Per element, as darknet: d = delta*scale (float), then
+    ``(float)((double)d*1./sd + (vd2*(double)(x - m))/n + md_n)`` with ``sd`` the double
+    ``sqrt(variance + .00001f)``, ``vd2 = (double)variance_delta * 2.`` and
+    ``md_n = (double)(mean_delta/(float)n)``: per-channel values, computed once.
+    With ``guard`` the operands are pinned in the reference's (gcc's) order for NaNs.
+    """
+    n64 = np.float64(spatial * batch)
+    for b in range(batch):
+        p = (b * out_c + f) * spatial
+        ds = delta[p:p + spatial]
+        xs = x[p:p + spatial]
+        if guard:
+            for k in range(spatial):
+                v = ds[k]
+                d = first_nan(v, v * scale)
+                term1 = np.float64(d) * 1. / sd
+                dx = np.float64(xs[k] - m)
+                term2 = first_nan(dx, dx * vd2) / n64
+                total = first_nan(term2, term2 + term1)
+                ds[k] = np.float32(first_nan(total, total + md_n))
+        else:
+            for k in range(spatial):
+                d = ds[k] * scale
+                ds[k] = np.float32(np.float64(xs[k] - m) * vd2 / n64 + np.float64(d) * 1. / sd + md_n)
+
+
+@pkernel
+def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, scale_updates,
+                       mean_delta, variance_delta, batch, out_c, spatial):
+    """Fused twin of the reference ``batchnorm_backward`` (backward_batchnorm_layer's calls).
+
+    Per group of LANES channels (in parallel): one pass for the four sums, the
+    per-channel finishing steps of backward_bias, backward_scale_cpu, mean_delta_cpu
+    and variance_delta_cpu (double factors, as the reference), then one pass writing
+    delta.  A channel with a NaN sum or a NaN per-channel value is redone on the
+    guarded path.
+    """
+    groups = (out_c + LANES - 1) // LANES
+    n32 = np.float32(spatial * batch)
+    exponent = np.float64(np.float32(-3. / 2.))
+    for g in prange(groups):
+        f0 = g * LANES
+        f1 = min(f0 + LANES, out_c)
+        sums = np.empty(3 * LANES, np.float32)
+        plane_sums = np.empty(batch * LANES, np.float32)
+        lanes = f1 - f0 == LANES
+        if lanes:
+            _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums)
+        for f in range(f0, f1):
+            j = f - f0
+            guard = not lanes
+            if lanes:
+                for b in range(batch):
+                    guard = guard or plane_sums[b * LANES + j] != plane_sums[b * LANES + j]
+                for t in range(3):
+                    guard = guard or sums[3 * j + t] != sums[3 * j + t]
+                guard = (guard or scales[f] != scales[f] or mean[f] != mean[f] or variance[f] != variance[f]
+                         or bias_updates[f] != bias_updates[f] or scale_updates[f] != scale_updates[f])
+            if guard:
+                _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
+                                   sums[3 * j:], plane_sums[j:])
+            for b in range(batch):
+                plane = plane_sums[b * LANES + j]
+                bias_updates[f] = first_nan(plane, plane + bias_updates[f])
+            q = sums[3 * j]
+            scale_updates[f] = first_nan(q, q + scale_updates[f])
+            v = np.float64(variance[f] + EPS_BACKWARD)
+            wide = np.float64(sums[3 * j + 1])
+            mean_delta[f] = np.float32(first_nan(wide, wide * (-1. / math.sqrt(v))))
+            wide = np.float64(sums[3 * j + 2])
+            variance_delta[f] = np.float32(first_nan(wide, wide * (math.pow(v, exponent) * -.5)))
+            md_n = np.float64(mean_delta[f] / n32)
+            guard = guard or md_n != md_n or variance_delta[f] != variance_delta[f]
+            _normalize_delta_channel(delta, x, mean[f], scales[f], math.sqrt(v),
+                                     np.float64(variance_delta[f]) * 2., md_n,
+                                     batch, out_c, spatial, f, guard)

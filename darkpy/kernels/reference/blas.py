@@ -23,6 +23,12 @@ Conventions (shared with ``darkpy.kernels.blas``, which re-exports every name):
   which is exact for the double square of a float; we write the product.
 * Division by zero and overflow give IEEE inf/NaN, as in darknet
   (``error_model='numpy'``).
+* When *both* operands of an operation are NaN, x86 returns the first source
+  operand's NaN (quieted), so the NaN's sign and payload depend on the operand
+  order the compiler chose.  Where gcc's order for darknet (read from the strict
+  build's machine code) is not what LLVM would pick by itself, we write gcc's
+  order and pin it with ``first_nan`` (e.g. ``scale_bias`` keeps the output's
+  NaN over the scale's, ``normalize_delta_cpu`` adds its terms as gcc does).
 
 The batchnorm compositions at the end (``batchnorm_forward_train``, ...) are
 the sequences of calls darknet's forward/backward_batchnorm_layer make; they are
@@ -42,7 +48,7 @@ __all__ = [
     "pow_cpu", "axpy_cpu", "scal_cpu", "fill_cpu", "deinter_cpu", "inter_cpu", "copy_cpu",
     "mult_add_into_cpu", "smooth_l1_cpu", "l1_cpu", "softmax_x_ent_cpu", "logistic_x_ent_cpu",
     "l2_cpu", "dot_cpu", "softmax", "softmax_cpu", "upsample_cpu",
-    "sum_array", "add_bias", "scale_bias", "backward_bias",
+    "first_nan", "sum_array", "add_bias", "scale_bias", "backward_bias",
     "backward_scale_cpu", "mean_delta_cpu", "variance_delta_cpu", "normalize_delta_cpu",
     "batchnorm_forward_train", "batchnorm_forward_infer", "batchnorm_backward",
 ]
@@ -53,6 +59,17 @@ F32_MAX = np.float32(3.4028234663852886e38)      # FLT_MAX
 # to double where C adds them to a double.
 EPS_FORWARD = np.float32(.000001)
 EPS_BACKWARD = np.float32(.00001)
+
+
+@kernel
+def first_nan(a, r):
+    """``r``, the result of ``a op b``, as x86 gives it with ``a`` as first source operand:
+    when ``a`` is NaN the result is ``a`` quieted (``a + a``), whatever ``b`` is.
+
+    Pins the NaN-payload choice where compilers may swap the operands of a
+    commutative operation; a no-op on every value that is not NaN.
+    """
+    return a + a if a != a else r
 
 
 # ---------------------------------------------------------------- layout shuffles
@@ -177,10 +194,12 @@ def pow_cpu(N, ALPHA, X, INCX, Y, INCY):
 
 @kernel
 def axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
-    """darknet's ``axpy_cpu``: Y += ALPHA*X, all float (no fused multiply-add)."""
+    """darknet's ``axpy_cpu``: Y += ALPHA*X, all float (no fused multiply-add); gcc adds
+    the product first (its NaN wins over Y's)."""
     alpha = np.float32(ALPHA)
     for i in range(N):
-        Y[i * INCY] += alpha * X[i * INCX]
+        product = alpha * X[i * INCX]
+        Y[i * INCY] = first_nan(product, product + Y[i * INCY])
 
 
 @kernel
@@ -299,17 +318,19 @@ def variance_cpu(x, mean, batch, filters, spatial, variance):
 
     ``scale = 1./(batch*spatial - 1)`` double, stored in a float (inf when n == 1).
     Each term ``pow(x - mean, 2)``: the float difference squared in double (exact);
-    ``variance[i] += term`` adds in double and rounds to float.  Then ``*= scale`` in float.
+    ``variance[i] += term`` adds in double and rounds to float at every step (the
+    running float is held widened to double, ``sum``, the accumulator first as in
+    gcc's code).  Then ``*= scale`` in float.
     """
     scale = np.float32(1. / (batch * spatial - 1))
     for i in range(filters):
-        variance[i] = 0
+        sum = 0.
         for j in range(batch):
             for k in range(spatial):
                 index = j * filters * spatial + i * spatial + k
                 d = np.float64(x[index] - mean[i])
-                variance[i] = np.float32(np.float64(variance[i]) + d * d)
-        variance[i] *= scale
+                sum = np.float64(np.float32(first_nan(sum, sum + d * d)))
+        variance[i] = np.float32(sum) * scale
 
 
 @kernel
@@ -349,20 +370,26 @@ def normalize_cpu(x, mean, variance, batch, filters, spatial):
 
 @kernel
 def add_bias(output, biases, batch, n, size):
-    """darknet's ``add_bias`` (convolutional_layer.c): output += biases[channel] (float)."""
+    """darknet's ``add_bias`` (convolutional_layer.c): output += biases[channel] (float;
+    an output NaN wins over a bias NaN, as in gcc's code)."""
     for b in range(batch):
         for i in range(n):
             for j in range(size):
-                output[(b * n + i) * size + j] += biases[i]
+                index = (b * n + i) * size + j
+                value = output[index]
+                output[index] = first_nan(value, value + biases[i])
 
 
 @kernel
 def scale_bias(output, scales, batch, n, size):
-    """darknet's ``scale_bias`` (convolutional_layer.c): output *= scales[channel] (float)."""
+    """darknet's ``scale_bias`` (convolutional_layer.c): output *= scales[channel] (float;
+    an output NaN wins over a scale NaN, as in gcc's code)."""
     for b in range(batch):
         for i in range(n):
             for j in range(size):
-                output[(b * n + i) * size + j] *= scales[i]
+                index = (b * n + i) * size + j
+                value = output[index]
+                output[index] = first_nan(value, value * scales[i])
 
 
 @kernel
@@ -371,11 +398,13 @@ def backward_bias(bias_updates, delta, batch, n, size):
 
     For b, then channel i: ``bias_updates[i] += sum_array(plane)``: each
     (image, channel) plane is summed on its own (float, from 0) and added
-    separately, so a channel's updates receive ``batch`` float additions.
+    separately, so a channel's updates receive ``batch`` float additions (the
+    plane's sum first, as gcc adds them).
     """
     for b in range(batch):
         for i in range(n):
-            bias_updates[i] += sum_array(delta[size * (i + b * n):], size)
+            sum = sum_array(delta[size * (i + b * n):], size)
+            bias_updates[i] = first_nan(sum, sum + bias_updates[i])
 
 
 @kernel
@@ -383,7 +412,7 @@ def backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates):
     """darknet's ``backward_scale_cpu`` (batchnorm_layer.c).
 
     Per channel f, one float ``sum`` of ``delta*x_norm`` over b then i (each
-    product rounded to float), then ``scale_updates[f] += sum``.
+    product rounded to float), then ``scale_updates[f] += sum`` (the sum first, as gcc adds).
     """
     for f in range(n):
         sum = np.float32(0)
@@ -391,46 +420,50 @@ def backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates):
             for i in range(size):
                 index = i + size * (f + n * b)
                 sum += delta[index] * x_norm[index]
-        scale_updates[f] += sum
+        scale_updates[f] = first_nan(sum, sum + scale_updates[f])
 
 
 @kernel
 def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
     """darknet's ``mean_delta_cpu`` (batchnorm_layer.c).
 
-    The deltas of a channel accumulate in ``mean_delta[i]`` (float) over b then k;
-    then ``mean_delta[i] *= -1./sqrt(variance[i] + .00001f)``: the epsilon is
-    added in float, the root and quotient are double, the product is double and
-    rounded to float.
+    The deltas of a channel accumulate in a float (darknet: in ``mean_delta[i]``)
+    over b then k; then ``mean_delta[i] *= -1./sqrt(variance[i] + .00001f)``: the
+    epsilon is added in float, the root and quotient are double, the product is
+    double (the sum's NaN first) and rounded to float.
     """
     for i in range(filters):
-        mean_delta[i] = 0
+        sum = np.float32(0)
         for j in range(batch):
             for k in range(spatial):
                 index = j * filters * spatial + i * spatial + k
-                mean_delta[i] += delta[index]
+                sum += delta[index]
         factor = -1. / math.sqrt(np.float64(variance[i] + EPS_BACKWARD))
-        mean_delta[i] = np.float32(np.float64(mean_delta[i]) * factor)
+        wide = np.float64(sum)
+        mean_delta[i] = np.float32(first_nan(wide, wide * factor))
 
 
 @kernel
 def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
     """darknet's ``variance_delta_cpu`` (batchnorm_layer.c).
 
-    ``variance_delta[i] += delta*(x - mean)`` in float (difference, product and
-    sum each rounded); then ``*= -.5 * pow(variance + .00001f, (float)(-3./2.))``:
-    epsilon added in float, ``pow`` in double (exponent exactly -1.5), the factor
-    and the product double, rounded to float on store.
+    A float sum (darknet: ``variance_delta[i] +=``) of ``delta*(x - mean)``: the
+    difference, the product and each addition rounded to float (gcc multiplies
+    ``(x - mean)*delta``, which decides whose NaN a NaN product carries); then
+    ``*= -.5 * pow(variance + .00001f, (float)(-3./2.))``: epsilon added in float,
+    ``pow`` in double (exponent exactly -1.5), the factor and the product double
+    (the sum's NaN first), rounded to float on store.
     """
     exponent = np.float64(np.float32(-3. / 2.))
     for i in range(filters):
-        variance_delta[i] = 0
+        sum = np.float32(0)
         for j in range(batch):
             for k in range(spatial):
                 index = j * filters * spatial + i * spatial + k
-                variance_delta[i] += delta[index] * (x[index] - mean[i])
-        factor = -.5 * math.pow(np.float64(variance[i] + EPS_BACKWARD), exponent)
-        variance_delta[i] = np.float32(np.float64(variance_delta[i]) * factor)
+                sum += (x[index] - mean[i]) * delta[index]
+        factor = math.pow(np.float64(variance[i] + EPS_BACKWARD), exponent) * -.5
+        wide = np.float64(sum)
+        variance_delta[i] = np.float32(first_nan(wide, wide * factor))
 
 
 @kernel
@@ -444,8 +477,10 @@ def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, fi
                          + (double)(mean_delta / (float)n) )
 
     i.e. every term is double except the last quotient, which C computes in
-    float (float / int) before widening it; the two additions are double, left
-    to right, and the sum is rounded to float on store.
+    float (float / int) before widening it; the additions are double and the sum
+    is rounded to float on store.  Operands are written in the order gcc's code
+    uses them (``dx*(vd*2.)``, second term plus first term, then the third), which
+    only decides whose NaN survives when two meet.
     """
     n = spatial * batch
     n64 = np.float64(n)
@@ -455,9 +490,11 @@ def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, fi
             for k in range(spatial):
                 index = j * filters * spatial + f * spatial + k
                 term1 = np.float64(delta[index]) * 1. / math.sqrt(np.float64(variance[f] + EPS_BACKWARD))
-                term2 = np.float64(variance_delta[f]) * 2. * np.float64(x[index] - mean[f]) / n64
+                dx = np.float64(x[index] - mean[f])
+                term2 = first_nan(dx, dx * (np.float64(variance_delta[f]) * 2.)) / n64
                 term3 = np.float64(mean_delta[f] / n32)
-                delta[index] = np.float32(term1 + term2 + term3)
+                total = first_nan(term2, term2 + term1)
+                delta[index] = np.float32(first_nan(total, total + term3))
 
 
 # ---------------------------------------------------------------- losses
