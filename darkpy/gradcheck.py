@@ -52,7 +52,9 @@ from darkpy.kernels import activations as act
 #: Bound of the ``gradient`` rows (relative error, float64).
 GRADIENT_BOUND = 1e-6
 #: Bound of the ``float32`` rows: the float32 layer against its float64 twin (relative error).
-FLOAT32_BOUND = 1e-4
+#: float32 rounding gives ~1e-7 in well-conditioned layers; batch statistics over very few
+#: values amplify it (m = 2 values per channel: up to ~2e-4 seen); a wrong term gives >= 1e-2.
+FLOAT32_BOUND = 1e-3
 #: Default central-difference step.
 DEFAULT_EPS = 1e-5
 
