@@ -31,8 +31,8 @@ from darkpy.kernels.reference.activations import (  # noqa: F401  (re-exported A
 #: Below this many elements one thread does the whole array.  The activations that call
 #: ``exp`` cost ~30 ns an element and gain from threads early; the others are a vectorised
 #: pass limited by memory bandwidth, where threads only pay off on very large arrays.
-PARALLEL_MIN = 1 << 14
-PARALLEL_MIN_CHEAP = 1 << 21
+PARALLEL_MIN = 1 << 17
+PARALLEL_MIN_CHEAP = 1 << 23
 _EXPENSIVE = (LOGISTIC, LOGGY, TANH, ELU, SELU)
 
 

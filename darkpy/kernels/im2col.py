@@ -20,9 +20,10 @@ from numba import prange
 from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.im2col import check_im2col_args, out_size
 
-#: Below this many column-matrix elements a single thread does the work (both loops are
-#: memory-bound copies/adds: threads pay off only on large layers).
-PARALLEL_MIN = 1 << 20
+#: Below this many column-matrix elements a single thread does the work.  Both loops are
+#: memory-bound copies/adds (~1 ns an element on one core), so threads pay off only on very
+#: large layers, and waking them costs far more than the work on a busy machine.
+PARALLEL_MIN = 1 << 23
 
 
 @kernel
@@ -48,8 +49,12 @@ def im2col_row(data_im, height, width, ksize, stride, pad, data_col, c, height_c
         src = width * (row + height * c_im) + w_offset - pad
         for w in range(w_lo):
             data_col[base + w] = np.float32(0)
-        for w in range(w_lo, w_hi):
-            data_col[base + w] = data_im[src + w * stride]
+        if stride == 1:  # a contiguous run: LLVM turns it into a vector copy
+            for w in range(w_lo, w_hi):
+                data_col[base + w] = data_im[src + w]
+        else:
+            for w in range(w_lo, w_hi):
+                data_col[base + w] = data_im[src + w * stride]
         for w in range(w_hi, width_col):
             data_col[base + w] = np.float32(0)
 
@@ -78,15 +83,25 @@ def col2im_channel(data_col, height, width, ksize, stride, pad, data_im, c_im, h
     for c in range(c_im * ksize * ksize, (c_im + 1) * ksize * ksize):
         w_offset = c % ksize
         h_offset = (c // ksize) % ksize
+        # output columns w whose pixel column lies inside the image: w_lo <= w < w_hi
+        w_lo = 0
+        while w_lo < width_col and w_offset + w_lo * stride - pad < 0:
+            w_lo += 1
+        w_hi = width_col
+        while w_hi > w_lo and w_offset + (w_hi - 1) * stride - pad >= width:
+            w_hi -= 1
         for h in range(height_col):
             row = h_offset + h * stride - pad
             if row < 0 or row >= height:
                 continue
             base = (c * height_col + h) * width_col
             dst = width * (row + height * c_im) + w_offset - pad
-            for w in range(width_col):
-                col = w_offset + w * stride - pad
-                if col >= 0 and col < width:
+            # within one row c every w hits a different pixel: one add per element
+            if stride == 1:
+                for w in range(w_lo, w_hi):
+                    data_im[dst + w] += data_col[base + w]
+            else:
+                for w in range(w_lo, w_hi):
                     data_im[dst + w * stride] += data_col[base + w]
 
 
