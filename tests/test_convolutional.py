@@ -14,7 +14,7 @@ from darkpy.kernels.reference.activations import LEAKY, LINEAR, LOGISTIC, get_ac
 from darkpy.layer import UpdateArgs
 from darkpy.layers import convolutional
 from darkpy.network import SizeParams, build_network
-from tests.conftest import GOLDEN, golden_cases
+from conftest import GOLDEN, golden_cases
 
 
 def bits(a):

@@ -9,7 +9,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family
-from darkpy.kernels.reference.activations import get_activation, get_activation_string
+from darkpy.kernels.reference.activations import check_activation, get_activation
 from darkpy.layer import Layer
 
 
@@ -43,8 +43,7 @@ def make_activation_layer(batch, inputs, activation):
     for name, value in (("batch", batch), ("inputs", inputs)):
         if value < 1:
             raise ShapeError(f"activation: {name}={value} must be at least 1")
-    activation = int(activation)
-    get_activation_string(activation)
+    activation = check_activation(activation)
     l = Layer("activation")
     l.inputs = inputs
     l.outputs = inputs

@@ -18,7 +18,7 @@ import numpy as np
 from darkpy.crand import STATE, rand_uniform_r
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family, kernel
-from darkpy.kernels.reference.activations import get_activation, get_activation_string
+from darkpy.kernels.reference.activations import check_activation, get_activation
 from darkpy.layer import Layer
 from darkpy.layers import batchnorm
 
@@ -66,8 +66,7 @@ def make_connected_layer(batch, inputs, outputs, activation, batch_normalize, ad
     for name, value in (("batch", batch), ("inputs", inputs), ("outputs", outputs)):
         if value < 1:
             raise ShapeError(f"connected: {name}={value} must be at least 1")
-    activation = int(activation)
-    get_activation_string(activation)
+    activation = check_activation(activation)
     l = Layer("connected")
     l.learning_rate_scale = f32(1)
     l.inputs = inputs

@@ -34,7 +34,7 @@ import numpy as np
 from darkpy.crand import STATE, rand_r, RAND_MAX
 from darkpy.errors import CfgError, DarkpyError, DarkpyWarning, ShapeError
 from darkpy.kernels import family, kernel
-from darkpy.kernels.reference.activations import get_activation, get_activation_string
+from darkpy.kernels.reference.activations import check_activation, get_activation
 from darkpy.kernels.reference.im2col import out_size
 from darkpy.layer import Layer
 from darkpy.layers import batchnorm
@@ -164,8 +164,7 @@ def make_convolutional_layer(batch, h, w, c, n, groups, size, stride, padding, a
         # read past the end of the input buffer
         raise _shape_error(f"convolutional: size=1 with padding={padding}: darknet's 1x1 path "
                            "ignores padding and reads outside the input", "padding")
-    activation = int(activation)
-    get_activation_string(activation)
+    activation = check_activation(activation)
 
     l = Layer("convolutional")
     l.groups = groups
@@ -250,12 +249,10 @@ def _check_net(l, net, need_delta=False):
             raise DarkpyError(f"convolutional: net.{name} holds {buf.shape[0]} floats, the layer "
                               f"needs {need}")
     check("input", net.input, l.inputs * l.batch)
-    if l.size != 1:
+    if l.size != 1:  # a 1x1 layer hands gemm the input itself
         check("workspace", net.workspace, l.workspace_size // 4)
     if need_delta and net.delta is not None:
         check("delta", net.delta, l.inputs * l.batch)
-        if l.size != 1:
-            check("workspace", net.workspace, l.workspace_size // 4)
 
 
 def forward(l, net):
