@@ -30,8 +30,9 @@ evaluated at that unbiased variance.  For these layers row ``gradient`` checks
 darknet's backward formula against the forward it was derived for (biased
 variance, epsilon inside the root: the textbook forward), and two ``departure``
 rows state, without a bound, how far darknet's actual backward is from that
-textbook gradient and from the true gradient of darknet's own forward (about
-1/(2m) for m = batch*spatial values per channel).
+textbook gradient (about 1 - sqrt((m-1)/m) ~ 1/(2m) for m = batch*spatial values
+per channel) and from the true gradient of darknet's own forward (the same
+order: the projection term differs by 1/m, and the epsilons are placed apart).
 
 Piecewise activations (leaky, relu) are differenced with the activation pattern
 of the unperturbed point (exact away from the kinks, which have measure zero).
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from darkpy import kernels
 from darkpy.errors import DarkpyError
 from darkpy.kernels import activations as act
 
@@ -550,7 +552,7 @@ def _layer_list(text):
 
 
 def main_gradcheck(args_list=None):
-    """``darkpy gradcheck CFG [--weights W] [--layers 1,3,5] [--seed N] [--eps H] [--batch B]``.
+    """``darkpy gradcheck CFG [--weights W] [--layers 1,3,5] [--seed N] [--eps H] [--batch B] [--kernels K]``.
 
     Prints the table; returns 0 when every bounded row is within its bound, 1 when
     one is not, 2 on an error reading or building the network.
@@ -563,8 +565,12 @@ def main_gradcheck(args_list=None):
     p.add_argument("--seed", type=int, default=0, help="seed of weights, input and upstream gradients")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS, help=f"central-difference step (default {DEFAULT_EPS})")
     p.add_argument("--batch", type=int, help="override the cfg's batch")
+    p.add_argument("--kernels", choices=kernels.IMPLEMENTATIONS, default=None,
+                   help="kernels of the float32 rows: fast or reference (default: the active ones)")
     args = p.parse_args(args_list)
     from darkpy.network import load_network, randomize_parameters
+    if args.kernels is not None:
+        kernels.use(args.kernels)
     try:
         net = load_network(args.cfg, args.weights, batch=args.batch)
         if args.weights is None:

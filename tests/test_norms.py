@@ -14,6 +14,7 @@
 5. update (darknet's SGD convention on scales and biases), parse, errors, networks.
 """
 
+import inspect
 import math
 from types import SimpleNamespace
 
@@ -438,3 +439,48 @@ def test_network_of_norms(norm_sections, impl):
     net.layers[-1].delta[:] = dy.ravel()
     backward_network(net)
     assert all(np.isfinite(l.delta).all() for l in net.layers)
+
+
+# ----------------------------------------------------------------------------- weights
+
+def proposed_layer_tensors(original):
+    """darkpy.weights._layer_tensors with the dispatch proposed to its owner (issue 10's report):
+    the norm layers' scales and biases, a Caffe batchnorm's three blobs, via weight_tensors()."""
+    from darkpy import weights
+    from darkpy.layers import caffe_batchnorm
+
+    def layer_tensors(l, index, loading, transpose, path):
+        if l.type in ("layernorm", "instancenorm", "groupnorm") or \
+                (l.type == "batchnorm" and getattr(l, "style", "darknet") == "caffe"):
+            module = caffe_batchnorm if l.type == "batchnorm" else groupnorm
+            return [weights._Tensor(index, l.type, name, array, count)
+                    for name, array, count in module.weight_tensors(l)]
+        return original(l, index, loading, transpose, path)
+    return layer_tensors
+
+
+def test_weights_round_trip_with_the_proposed_dispatch(norm_sections, monkeypatch, tmp_path):
+    from darkpy import weights
+    from darkpy.layers import batchnorm, caffe_batchnorm
+    if "caffe" not in inspect.getsource(batchnorm.parse):
+        original_parse = batchnorm.parse
+        monkeypatch.setattr(batchnorm, "parse", lambda s, p: caffe_batchnorm.parse(s, p)
+                            if s.find_str("style", "darknet") == "caffe" else original_parse(s, p))
+    if "weight_tensors" not in inspect.getsource(weights._layer_tensors):
+        monkeypatch.setattr(weights, "_layer_tensors", proposed_layer_tensors(weights._layer_tensors))
+    text = ("[net]\nbatch=1\nwidth=3\nheight=2\nchannels=4\n[layernorm]\n[batchnorm]\nstyle=caffe\n"
+            "[instancenorm]\n[groupnorm]\ngroups=2\n")
+    nets = [build_network(description.parse_cfg_text(text)) for _ in range(2)]
+    rng = np.random.default_rng(5)
+    for l in nets[0].layers:
+        for _, array, _ in (caffe_batchnorm if l.type == "batchnorm" else groupnorm).weight_tensors(l):
+            array[:] = rng.standard_normal(array.size)
+    path = tmp_path / "norms.weights"
+    weights.save_weights(nets[0], path)
+    floats = 3 * (4 + 4) + (4 + 4 + 1)
+    assert path.stat().st_size == weights.read_header(path).size + 4 * floats
+    weights.load_weights(nets[1], path)
+    for a, b in zip(*(n.layers for n in nets)):
+        module = caffe_batchnorm if a.type == "batchnorm" else groupnorm
+        for (name, x, _), (_, y, _) in zip(module.weight_tensors(a), module.weight_tensors(b)):
+            assert bitwise_equal(x, y), (a.type, name)

@@ -129,3 +129,10 @@ def backward(l, net):
         norms.caffe_bn_backward_batch(l.delta, l.x_norm, l.variance, l.eps, l.batch, l.out_c, spatial)
     if net.delta is not None:
         family("blas").axpy_cpu(l.outputs * l.batch, 1, l.delta, 1, net.delta, 1)
+
+
+def weight_tensors(l):
+    """What a ``.weights`` file holds for this layer, in order: ``(name, buffer, count)`` for
+    Caffe's three blobs (mean sum, variance sum, scale factor)."""
+    return [("rolling_mean", l.rolling_mean, l.c), ("rolling_variance", l.rolling_variance, l.c),
+            ("scale_factor", l.scale_factor, 1)]

@@ -139,3 +139,9 @@ def update(l, a):
     blas.scal_cpu(l.n, momentum, l.bias_updates, 1)
     blas.axpy_cpu(l.n, rate, l.scale_updates, 1, l.scales, 1)
     blas.scal_cpu(l.n, momentum, l.scale_updates, 1)
+
+
+def weight_tensors(l):
+    """What a ``.weights`` file holds for a layer of this family, in order: ``(name, buffer, count)``
+    for the per-channel scales, then the biases."""
+    return [("scales", l.scales, l.c), ("biases", l.biases, l.c)]

@@ -14,7 +14,7 @@ weights) is ``darkpy.layers.groupnorm``'s; see there.
 """
 
 from darkpy.layers import groupnorm
-from darkpy.layers.groupnorm import DEFAULT_EPS, backward, forward, update  # noqa: F401
+from darkpy.layers.groupnorm import DEFAULT_EPS, backward, forward, update, weight_tensors  # noqa: F401
 
 
 def parse(section, params):
