@@ -393,21 +393,17 @@ def _accumulate_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale,
             _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
             for j in range(j0, j0 + nc, NR):
                 nr = min(NR, j0 + nc - j)
-                if nr == NR:  # a full panel: the micro-kernel reads B's rows where they are
-                    Bq, bq, ldbq = B, k0 * ldb + j, ldb
-                else:  # the ragged right edge: a zero-padded copy
-                    _pack_B(0, B, ldb, k0, kc, j, nr, Bp)
-                    Bq, bq, ldbq = Bp, 0, NR
+                _pack_B(0, B, ldb, k0, kc, j, nr, Bp)
                 for p in range(panels):
                     i = i0 + p * MR
                     mr = min(MR, i0 + mc - i)
                     if mr == MR and nr == NR:
-                        _tile(kc, Ap, p * MR * kc, Bq, bq, ldbq, C, i * ldc + j, ldc, first, beta)
+                        _tile(kc, Ap, p * MR * kc, Bp, 0, NR, C, i * ldc + j, ldc, first, beta)
                     else:  # an edge tile: run it on a scratch copy
                         for r in range(mr):
                             for jj in range(nr):
                                 T[r * NR + jj] = C[(i + r) * ldc + j + jj]
-                        _tile(kc, Ap, p * MR * kc, Bq, bq, ldbq, T, 0, NR, first, beta)
+                        _tile(kc, Ap, p * MR * kc, Bp, 0, NR, T, 0, NR, first, beta)
                         for r in range(mr):
                             for jj in range(nr):
                                 C[(i + r) * ldc + j + jj] = T[r * NR + jj]

@@ -1,0 +1,272 @@
+"""gemm: the fast kernels against the reference bit for bit, the reference against float64 maths.
+
+``darkpy.kernels.reference.gemm`` mirrors darknet's gemm.c loop for loop;
+``darkpy.kernels.gemm`` must give the same float32 bits for every element.  The
+inputs are chosen so that any change in the order of the roundings would show:
+a dynamic range of 1e-20..1e20, denormals, signed zeros and infinities.
+"""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from darkpy.errors import DarkpyError
+from darkpy.kernels import gemm as fast
+from darkpy.kernels.reference import gemm as ref
+
+#: The NaN every x86 float operation produces (inf - inf, 0 * inf): sign bit set.
+X86_DEFAULT_NAN = np.array([0xFFC00000], np.uint32).view(np.float32)[0]
+
+
+def bits(x):
+    return np.ascontiguousarray(x).view(np.uint32)
+
+
+def assert_bitwise(got, want):
+    diff = np.flatnonzero(bits(got) != bits(want))
+    if diff.size:
+        k = diff[0]
+        raise AssertionError(f"{diff.size} of {got.size} elements differ; first at {k}: "
+                             f"got {got[k]!r} ({bits(got)[k]:#010x}), want {want[k]!r} ({bits(want)[k]:#010x})")
+
+
+def wild(rng, n, nan=False):
+    """float32 values spanning 1e-20..1e20 with both signs, plus denormals, -0, +-inf
+    (and the x86 default NaN when ``nan``)."""
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-20, 20, n)).astype(np.float32)
+    u = rng.random(n)
+    x[u < 0.03] = np.inf
+    x[(u >= 0.03) & (u < 0.06)] = -np.inf
+    den = (u >= 0.06) & (u < 0.14)
+    x[den] = (rng.standard_normal(den.sum()) * 1e-40).astype(np.float32)
+    x[(u >= 0.14) & (u < 0.2)] = -0.0
+    if nan:
+        x[(u >= 0.2) & (u < 0.22)] = X86_DEFAULT_NAN
+    return x
+
+
+def plain(rng, n):
+    return rng.standard_normal(n).astype(np.float32)
+
+
+def operands(rng, TA, TB, M, N, K, pad_a=0, pad_b=0, pad_c=0, off=0, make=plain):
+    """A, B, C as views at offset ``off`` into larger buffers, with leading dimensions
+    ``pad_*`` floats longer than a stored row (darknet passes such pointers)."""
+    a_rows, a_cols = (K, M) if TA else (M, K)
+    b_rows, b_cols = (N, K) if TB else (K, N)
+    lda, ldb, ldc = a_cols + pad_a, b_cols + pad_b, N + pad_c
+    A = make(rng, off + a_rows * lda + 3)[off:]
+    B = make(rng, off + b_rows * ldb + 5)[off:]
+    C = make(rng, off + M * ldc + 2)[off:]
+    return A, lda, B, ldb, C, ldc
+
+
+def run_both(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
+    want, got = C.copy(), C.copy()
+    ref.gemm(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, want, ldc)
+    fast.gemm(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, got, ldc)
+    return got, want
+
+
+VARIANTS = [(0, 0), (0, 1), (1, 0), (1, 1)]
+SIZES = [(1, 1, 1), (3, 7, 5), (7, 17, 33), (17, 33, 65), (5, 1, 17), (33, 65, 3), (65, 17, 300),
+         (4, 16, 8), (9, 47, 600)]
+
+
+@pytest.mark.parametrize("TA,TB", VARIANTS)
+@pytest.mark.parametrize("M,N,K", SIZES)
+def test_fast_equals_reference(TA, TB, M, N, K):
+    rng = np.random.default_rng([TA, TB, M, N, K])
+    for make in (plain, wild):  # plain data shows any reordering, wild data the special values
+        for ALPHA in (1.0, 0.5, -1.3):
+            for BETA in (0.0, 1.0, 0.7):
+                A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, make=make)
+                got, want = run_both(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc)
+                assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("TA,TB", VARIANTS)
+def test_leading_dimensions_and_offsets(TA, TB):
+    """Views at an offset (darknet's ``l.weights + j*nweights/groups``), rows longer than used;
+    the floats between rows and past the end must come out untouched."""
+    rng = np.random.default_rng([7, TA, TB])
+    for M, N, K, off, make in ((6, 19, 37, 5, wild), (13, 40, 9, 1, plain), (70, 530, 260, 3, plain)):
+        A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, pad_a=3, pad_b=7, pad_c=11, off=off,
+                                          make=make)
+        before = C.copy()
+        got, want = run_both(TA, TB, M, N, K, np.float32(-1.3), A, lda, B, ldb, np.float32(0.7), C, ldc)
+        assert_bitwise(got, want)
+        untouched = np.ones(C.size, bool)
+        for i in range(M):
+            untouched[i * ldc:i * ldc + N] = False
+        assert_bitwise(got[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("TA,TB", VARIANTS)
+def test_blocking_boundaries(TA, TB):
+    """Sizes around the micro-tile (MR x NR), the task block (MC x NC) and the K chunk (KC)."""
+    rng = np.random.default_rng([11, TA, TB])
+    MR, NR, MC, NC, KC = fast.MR, fast.NR, fast.MC, fast.NC, fast.KC
+    for M, N, K in ((MR - 1, NR + 1, KC), (MC + 1, NR - 1, KC + 1), (MR + 1, NC + 1, 2 * KC + 3),
+                    (MC - 1, 2 * NR, KC - 1)):
+        for make in (plain, wild):
+            A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, make=make)
+            got, want = run_both(TA, TB, M, N, K, 0.5, A, lda, B, ldb, 0.7, C, ldc)
+            assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("TA,TB", VARIANTS)
+def test_default_nan_inputs_bitwise(TA, TB):
+    """NaNs as darknet's own arithmetic makes them (all the x86 default NaN) keep their bits."""
+    rng = np.random.default_rng([13, TA, TB])
+    for M, N, K in ((5, 9, 7), (17, 33, 300)):
+        A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, make=lambda r, n: wild(r, n, nan=True))
+        got, want = run_both(TA, TB, M, N, K, -1.3, A, lda, B, ldb, 0.7, C, ldc)
+        assert np.isnan(want).any()
+        assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("TA,TB", VARIANTS)
+def test_foreign_nan_inputs(TA, TB):
+    """A NaN of another payload (numpy's +NaN) meeting the x86 default NaN in one addition:
+    which of the two comes out is chosen by the compiler's operand order, which neither C nor
+    LLVM fixes.  Every other bit must agree, and NaN exactly where the reference has NaN."""
+    rng = np.random.default_rng([17, TA, TB])
+    M, N, K = 9, 21, 40
+    A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, make=wild)
+    A[rng.random(A.size) < 0.02] = np.nan
+    got, want = run_both(TA, TB, M, N, K, -1.3, A, lda, B, ldb, 0.7, C, ldc)
+    nan = np.isnan(want)
+    assert nan.any()
+    assert (np.isnan(got) == nan).all()
+    assert_bitwise(got[~nan], want[~nan])
+
+
+@pytest.mark.parametrize("name", ["gemm_nn", "gemm_nt", "gemm_tn", "gemm_tt"])
+def test_variants_without_beta(name):
+    """The four variants called directly add into C with no BETA step (C holds -0 and inf)."""
+    TA, TB = int(name[5] == "t"), int(name[6] == "t")
+    rng = np.random.default_rng(list(map(ord, name)))
+    M, N, K = 11, 37, 70
+    for make in (plain, wild):
+        A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, pad_c=4, make=make)
+        want, got = C.copy(), C.copy()
+        getattr(ref, name)(M, N, K, np.float32(0.5), A, lda, B, ldb, want, ldc)
+        getattr(fast, name)(M, N, K, np.float32(0.5), A, lda, B, ldb, got, ldc)
+        assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("TA,TB", VARIANTS)
+def test_empty_and_k_zero(TA, TB):
+    """K == 0: gemm_cpu still scales C by BETA (0*inf = NaN), and gemm_nt/tt still add their
+    +0 ``sum`` (turning -0 into +0); M == 0 or N == 0 touch nothing."""
+    C = np.array([np.inf, -0.0, 2.5, -np.inf, 1e-41, -3.0], np.float32)
+    A = np.zeros(8, np.float32)
+    for BETA in (0.0, 1.0, -0.7):
+        got, want = run_both(TA, TB, 2, 3, 0, 1.0, A, 4, A, 4, BETA, C, 3)
+        assert_bitwise(got, want)
+    if TB:
+        got, want = run_both(TA, TB, 2, 3, 0, 1.0, A, 4, A, 4, 1.0, C, 3)
+        assert bits(got)[1] == 0  # -0 * 1 + (+0) = +0
+    for M, N in ((0, 3), (2, 0)):
+        got, want = run_both(TA, TB, M, N, 4, 1.0, A, 4, A, 4, 0.0, C, 3)
+        assert_bitwise(got, C)
+        assert_bitwise(want, C)
+
+
+def test_python_float_scalars_are_c_floats():
+    """ALPHA and BETA are C ``float`` parameters: 0.7 (a double) is rounded to float32 first."""
+    rng = np.random.default_rng(3)
+    A, lda, B, ldb, C, ldc = operands(rng, 0, 0, 5, 20, 9)
+    for module in (ref, fast):
+        x, y = C.copy(), C.copy()
+        module.gemm(0, 0, 5, 20, 9, -1.3, A, lda, B, ldb, 0.7, x, ldc)
+        module.gemm(0, 0, 5, 20, 9, np.float32(-1.3), A, lda, B, ldb, np.float32(0.7), y, ldc)
+        assert_bitwise(x, y)
+
+
+@pytest.mark.parametrize("TA,TB", VARIANTS)
+def test_reference_against_float64_product(TA, TB):
+    """The maths: C = ALPHA*op(A)*op(B) + BETA*C within float32 rounding of a float64 product."""
+    rng = np.random.default_rng([19, TA, TB])
+    M, N, K = 13, 29, 150
+    A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, pad_a=2, pad_b=3, pad_c=1, off=2)
+    ALPHA, BETA = np.float32(-1.3), np.float32(0.7)
+    a = np.lib.stride_tricks.as_strided(A, ((K, M) if TA else (M, K)), (lda * 4, 4)).astype(np.float64)
+    b = np.lib.stride_tricks.as_strided(B, ((N, K) if TB else (K, N)), (ldb * 4, 4)).astype(np.float64)
+    a, b = (a.T if TA else a), (b.T if TB else b)
+    c = np.lib.stride_tricks.as_strided(C, (M, N), (ldc * 4, 4)).astype(np.float64)
+    exact = float(ALPHA) * (a @ b) + float(BETA) * c
+    scale = abs(float(ALPHA)) * (np.abs(a) @ np.abs(b)) + abs(float(BETA)) * np.abs(c)
+    for module in (ref, fast):
+        out = C.copy()
+        module.gemm(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, out, ldc)
+        got = np.lib.stride_tricks.as_strided(out, (M, N), (ldc * 4, 4)).astype(np.float64)
+        # each element carries at most ~K+3 float32 roundings of terms bounded by `scale`
+        assert (np.abs(got - exact) <= (K + 3) * 2.0 ** -24 * scale).all()
+        assert np.abs(got - exact).max() > 0  # float32 arithmetic, not a float64 product
+    # and the bound is not vacuous: a wrong transposition fails it
+    wrong = float(ALPHA) * (a @ b)[::-1] + float(BETA) * c
+    assert not (np.abs(wrong - exact) <= (K + 3) * 2.0 ** -24 * scale).all()
+
+
+def test_large_shapes_match_reference():
+    """One yolov3-tiny-like shape per variant, big enough to run several threads and K chunks."""
+    rng = np.random.default_rng(23)
+    for TA, TB, M, N, K in ((0, 0, 32, 700, 300), (0, 1, 40, 144, 676), (1, 0, 144, 300, 40),
+                            (1, 1, 20, 70, 530)):
+        A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K)
+        got, want = run_both(TA, TB, M, N, K, 1.0, A, lda, B, ldb, 1.0, C, ldc)
+        assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("bad", ["short_A", "short_B", "short_C", "ldc", "dtype", "ndim", "negative"])
+@pytest.mark.parametrize("module", [ref, fast])
+def test_bad_arguments_raise(module, bad):
+    M, N, K = 4, 5, 6
+    A, B, C = np.zeros(M * K, np.float32), np.zeros(K * N, np.float32), np.zeros(M * N, np.float32)
+    kw = dict(TA=0, TB=0, M=M, N=N, K=K, ALPHA=1.0, A=A, lda=K, B=B, ldb=N, BETA=1.0, C=C, ldc=N)
+    if bad == "short_A":
+        kw["A"] = A[1:]
+    elif bad == "short_B":
+        kw["ldb"] = N + 1
+    elif bad == "short_C":
+        kw["C"] = C[:-1]
+    elif bad == "ldc":
+        kw["ldc"] = N - 1
+    elif bad == "dtype":
+        kw["B"] = B.astype(np.float64)
+    elif bad == "ndim":
+        kw["C"] = C.reshape(M, N)
+    else:
+        kw["K"] = -1
+    with pytest.raises(DarkpyError, match="gemm"):
+        module.gemm(**kw)
+
+
+def test_fast_rejects_strided_views():
+    A = np.zeros(40, np.float32)
+    with pytest.raises(DarkpyError, match="contiguous"):
+        fast.gemm(0, 0, 2, 2, 2, 1.0, A[::2], 2, A[:4], 2, 1.0, np.zeros(4, np.float32), 2)
+
+
+def _asm(fn, *args):
+    """x86 assembly of a fresh (uncached) compilation of ``fn`` with its callees inlined."""
+    fresh = njit(error_model="numpy")(fn.py_func)
+    fresh(*args)
+    return fresh.inspect_asm(fresh.signatures[0])
+
+
+def test_no_fused_multiply_add_in_generated_code():
+    """The CPU has FMA (lscpu: fma); LLVM must not have contracted a multiply and an add."""
+    Ap, Bp, T = np.zeros(4 * 8, np.float32), np.zeros(8 * 16, np.float32), np.zeros(64, np.float32)
+    asm = _asm(fast._tile, 8, Ap, 0, Bp, 0, 16, T, 0, 16, True, np.float32(0.5))
+    assert "vmulps" in asm and "vaddps" in asm  # really the vector micro-kernel
+    assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
+    A, B, C = np.zeros(64, np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32)
+    for fn in (fast._accumulate_tasks, fast._sum_tasks):
+        asm = _asm(fn, 0, 1, 1, 0, 4, 4, 4, np.float32(1), A, 4, B, 4, True, np.float32(1), C, 4)
+        assert "fmadd" not in asm and "fmsub" not in asm
+    for name in ("gemm_nn", "gemm_nt"):
+        asm = _asm(getattr(ref, name), 4, 4, 4, np.float32(1), A, 4, B, 4, C, 4)
+        assert "mulss" in asm and "fmadd" not in asm
