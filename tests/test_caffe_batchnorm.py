@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from darkpy import description, kernels
 from darkpy.check import bitwise_equal, ulp_distance
@@ -320,6 +321,7 @@ def test_onnx_runtime_batchnormalization_inference():
     statistics mean_sum/factor, var_sum/factor: within 8 ULPs of the output's scale
     (element-wise max ULP distance printed; it is large only where y is near 0)."""
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     shape = (2, 4, 5, 3)
     x, _ = sample(12, shape)
     l = layer_for(shape, use_global_stats=1)
@@ -399,3 +401,33 @@ def test_network_with_a_caffe_batchnorm(caffe_style, impl):
     net.layers[2].delta[:] = 1
     backward_network(net)
     assert np.isfinite(net.layers[0].delta).all() and np.abs(net.layers[0].delta).max() > 0
+
+
+
+@settings(max_examples=30, deadline=None)
+@given(num=st.integers(1, 3), channels=st.integers(1, 4), spatial=st.integers(1, 6),
+       use_global=st.integers(0, 1), eps=st.sampled_from([0.0, 1e-5, 1e-2]), seed=st.integers(0, 2**32 - 1))
+def test_fast_equals_reference_on_random_shapes(num, channels, spatial, use_global, eps, seed):
+    """Random shapes, including a single value per channel with eps = 0 (0/0 NaN bits agree too)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(num * channels * spatial) * 2).astype(np.float32)
+    d = rng.standard_normal(x.size).astype(np.float32)
+    blobs = (rng.standard_normal(channels).astype(np.float32),
+             rng.uniform(0, 2, channels).astype(np.float32),
+             np.array([rng.choice([0, .5, 3])], np.float32))
+    results = []
+    for k in (reference, fast):
+        out, x_norm = x.copy(), np.zeros_like(x)
+        mean, var = np.zeros(channels, np.float32), np.zeros(channels, np.float32)
+        mean_sum, var_sum, factor = (b.copy() for b in blobs)
+        delta = d.copy()
+        with np.errstate(all="ignore"):
+            k.caffe_bn_forward(out, x_norm, mean, var, mean_sum, var_sum, factor, use_global, .99, eps,
+                               num, channels, spatial)
+            if use_global:
+                k.caffe_bn_backward_global(delta, var, eps, num, channels, spatial)
+            else:
+                k.caffe_bn_backward_batch(delta, x_norm, var, eps, num, channels, spatial)
+        results.append((out, x_norm, mean, var, mean_sum, var_sum, factor, delta))
+    for a, r in zip(*results):
+        assert bitwise_equal(a, r)

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from darkpy import description, kernels, layers
 from darkpy.check import bitwise_equal, ulp_distance
@@ -367,6 +368,7 @@ def test_onnx_runtime(impl, kind, seed):
     definition, each within ~3 such ULPs of float64 here); the element-wise max ULP distance is
     printed (large only at outputs near zero, where the cancellation x - mean dominates)."""
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     shape = (2, 6, 5, 4)
     b, c, h, w = shape
     x, _, scales, biases = sample(90 + seed, shape)
@@ -484,3 +486,31 @@ def test_weights_round_trip_with_the_proposed_dispatch(norm_sections, monkeypatc
         module = caffe_batchnorm if a.type == "batchnorm" else groupnorm
         for (name, x, _), (_, y, _) in zip(module.weight_tensors(a), module.weight_tensors(b)):
             assert bitwise_equal(x, y), (a.type, name)
+
+
+# ----------------------------------------------------------------------------- random shapes
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), groups=st.integers(1, 3), cpg=st.integers(1, 3),
+       spatial=st.integers(1, 7), eps=st.sampled_from([0.0, 1e-5, 1e-3, 1.0]), seed=st.integers(0, 2**32 - 1))
+def test_fast_equals_reference_on_random_shapes(batch, groups, cpg, spatial, eps, seed):
+    """Including eps = 0 with a single value per group (0/0: NaN bits must agree too)."""
+    c = groups * cpg
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(batch * c * spatial) * 3).astype(np.float32)
+    dy = rng.standard_normal(x.size).astype(np.float32)
+    scales = rng.uniform(-2, 2, c).astype(np.float32)
+    biases = rng.uniform(-1, 1, c).astype(np.float32)
+    results = []
+    for k in (reference, fast):
+        out, xx, xn = x.copy(), np.zeros_like(x), np.zeros_like(x)
+        mean, var, md, vd = (np.zeros(batch * groups, np.float32) for _ in range(4))
+        bu, su = np.zeros(c, np.float32), np.zeros(c, np.float32)
+        d = dy.copy()
+        with np.errstate(all="ignore"):
+            k.groupnorm_forward(out, xx, xn, mean, var, scales, biases, eps, batch, c, spatial, groups)
+            k.groupnorm_backward(d, xx, xn, mean, var, scales, bu, su, md, vd, eps, batch, c, spatial, groups)
+        results.append((out, xn, mean, var, d, bu, su, md, vd))
+    for a, r in zip(*results):
+        assert bitwise_equal(a, r)
