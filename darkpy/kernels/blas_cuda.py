@@ -25,11 +25,13 @@ import math
 import numpy as np
 from numba import cuda
 
+from darkpy.cuda import simulator
 from darkpy.cuda.fp import d2f, dadd, ddiv, dmul, dpow, dsqrt, f2d, fadd, fdiv, fmul, fsub, near_tie
 from darkpy.kernels.reference.blas import EPS_BACKWARD, EPS_FORWARD
 
-#: Threads per block of the strict kernels (the geometry does not change their results).
-BLOCK = 256
+#: Threads per block of the strict kernels (the geometry does not change their results;
+#: the simulator runs each thread as a Python thread, so it gets small blocks).
+BLOCK = 32 if simulator() else 256
 
 
 def _blocks(n):

@@ -11,7 +11,9 @@ when.  So one thread per element ``(i, j)`` replays exactly that chain:
   over k in order, then ``C += sum`` once.
 
 Every multiply and add is ``darkpy.cuda.fp``'s (explicitly rounded, never fused
-into an FMA, x86 NaN bits).  darknet's own GPU build calls cuBLAS instead, whose
+into an FMA, x86 NaN bits).  Where two NaNs meet, the one that survives is the
+one the CPU reference's compiled code keeps: the addend of ``C += ...`` (the
+product, or the k-sum), and the running ``sum`` over the new product.  darknet's own GPU build calls cuBLAS instead, whose
 summation order is not documented: the ``darknet-gpu`` profile reports ULP
 distances for it rather than bits.
 """
@@ -19,11 +21,13 @@ distances for it rather than bits.
 import numpy as np
 from numba import cuda
 
+from darkpy.cuda import simulator
 from darkpy.cuda.fp import fadd, fmul
 from darkpy.kernels.reference.gemm import check_gemm_args
 
-#: Threads per block edge (a TILE x TILE block of C elements).
-TILE = 16
+#: Threads per block edge (a TILE x TILE block of C elements; small in the simulator,
+#: which runs every thread as a Python thread).
+TILE = 4 if simulator() else 16
 
 
 @cuda.jit
@@ -36,13 +40,13 @@ def _gemm_kernel(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
         for k in range(K):
             a = A[k * lda + i] if TA else A[i * lda + k]
             A_PART = fmul(ALPHA, a)
-            c = fadd(c, fmul(A_PART, B[k * ldb + j]))
+            c = fadd(fmul(A_PART, B[k * ldb + j]), c)
     else:
         sum = np.float32(0)
         for k in range(K):
             a = A[i + k * lda] if TA else A[i * lda + k]
             sum = fadd(sum, fmul(fmul(ALPHA, a), B[j * ldb + k]))
-        c = fadd(c, sum)
+        c = fadd(sum, c)
     C[i * ldc + j] = c
 
 
