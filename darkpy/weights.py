@@ -242,6 +242,10 @@ def _connected_tensors(l, index, type, prefix, loading, transpose):
     return tensors
 
 
+#: darkpy's normalisation layers beyond darknet; their tensors are listed by the layer modules.
+_DARKPY_NORMS = ("layernorm", "instancenorm", "groupnorm")
+
+
 def _layer_tensors(l, index, loading, transpose, path):
     """Every tensor layer ``l`` reads (``loading``) or writes, in darknet's file order."""
     type = l.type
@@ -249,6 +253,12 @@ def _layer_tensors(l, index, loading, transpose, path):
         return _convolutional_tensors(l, index, type, "", loading, path)
     if type == "connected":
         return _connected_tensors(l, index, type, "", loading, transpose)
+    if type in _DARKPY_NORMS or (type == "batchnorm" and getattr(l, "style", "darknet") == "caffe"):
+        # darkpy's own layers (not in darknet's format): Caffe's three blobs (running mean sum,
+        # running variance sum, scale factor), or a norm layer's scales then biases.
+        from darkpy.layers import caffe_batchnorm, groupnorm
+        module = caffe_batchnorm if type == "batchnorm" else groupnorm
+        return [_Tensor(index, type, name, array, count) for name, array, count in module.weight_tensors(l)]
     if type == "batchnorm":
         return [_Tensor(index, type, "scales", l.scales, l.c),
                 _Tensor(index, type, "rolling_mean", l.rolling_mean, l.c),
