@@ -39,8 +39,10 @@ from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.blas import *  # noqa: F401,F403
 from darkpy.kernels.reference.blas import EPS_BACKWARD, EPS_FORWARD, first_nan
 
-#: Channels whose sums run side by side in one loop (see the module docstring).
+#: Channels whose sums run side by side in one loop (see the module docstring):
+#: four for the forward statistics, two for the backward sums (four chains each).
 LANES = 4
+BACKWARD_LANES = 2
 
 
 # ---------------------------------------------------------------- vector ops
@@ -318,99 +320,62 @@ def batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, sc
 
 @kernel
 def _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums):
-    """The four backward sums of LANES channels f0.., chains side by side, unguarded.
+    """The four backward sums of BACKWARD_LANES (two) channels f0, f0+1, chains side by side.
 
     Per channel, exactly as the reference: each plane's float sum of delta
-    (backward_bias; into ``plane_sums[b*LANES + j]``, added to bias_updates by the
-    caller); a float sum of delta*x_norm (backward_scale_cpu); after scale_bias,
+    (backward_bias; into ``plane_sums[b*BACKWARD_LANES + j]``, added to bias_updates by
+    the caller); a float sum of delta*x_norm (backward_scale_cpu); after scale_bias,
     d = delta*scale (float) summed in float (mean_delta_cpu) and (x - mean)*d summed
-    in float (variance_delta_cpu).  Writes (scale, mean, variance) sums of lane j
-    into sums[3*j:3*j+3].
+    in float (variance_delta_cpu).  Writes the (scale, mean, variance) sums of lane j
+    into sums[3*j:3*j+3].  Unguarded: a channel with a NaN sum is redone by
+    ``_backward_sums_one``.
     """
     s0 = scales[f0]
     s1 = scales[f0 + 1]
-    s2 = scales[f0 + 2]
-    s3 = scales[f0 + 3]
     m0 = mean[f0]
     m1 = mean[f0 + 1]
-    m2 = mean[f0 + 2]
-    m3 = mean[f0 + 3]
     q0 = np.float32(0)
     q1 = np.float32(0)
-    q2 = np.float32(0)
-    q3 = np.float32(0)
     e0 = np.float32(0)
     e1 = np.float32(0)
-    e2 = np.float32(0)
-    e3 = np.float32(0)
     w0 = np.float32(0)
     w1 = np.float32(0)
-    w2 = np.float32(0)
-    w3 = np.float32(0)
     for b in range(batch):
         p = (b * out_c + f0) * spatial
         d0 = delta[p:p + spatial]
         d1 = delta[p + spatial:p + 2 * spatial]
-        d2 = delta[p + 2 * spatial:p + 3 * spatial]
-        d3 = delta[p + 3 * spatial:p + 4 * spatial]
         n0 = x_norm[p:p + spatial]
         n1 = x_norm[p + spatial:p + 2 * spatial]
-        n2 = x_norm[p + 2 * spatial:p + 3 * spatial]
-        n3 = x_norm[p + 3 * spatial:p + 4 * spatial]
         x0 = x[p:p + spatial]
         x1 = x[p + spatial:p + 2 * spatial]
-        x2 = x[p + 2 * spatial:p + 3 * spatial]
-        x3 = x[p + 3 * spatial:p + 4 * spatial]
         b0 = np.float32(0)
         b1 = np.float32(0)
-        b2 = np.float32(0)
-        b3 = np.float32(0)
         for k in range(spatial):
             v0 = d0[k]
             v1 = d1[k]
-            v2 = d2[k]
-            v3 = d3[k]
             b0 += v0
             b1 += v1
-            b2 += v2
-            b3 += v3
             q0 += v0 * n0[k]
             q1 += v1 * n1[k]
-            q2 += v2 * n2[k]
-            q3 += v3 * n3[k]
             v0 = v0 * s0
             v1 = v1 * s1
-            v2 = v2 * s2
-            v3 = v3 * s3
             e0 += v0
             e1 += v1
-            e2 += v2
-            e3 += v3
             w0 += (x0[k] - m0) * v0
             w1 += (x1[k] - m1) * v1
-            w2 += (x2[k] - m2) * v2
-            w3 += (x3[k] - m3) * v3
-        plane_sums[b * LANES] = b0
-        plane_sums[b * LANES + 1] = b1
-        plane_sums[b * LANES + 2] = b2
-        plane_sums[b * LANES + 3] = b3
+        plane_sums[b * BACKWARD_LANES] = b0
+        plane_sums[b * BACKWARD_LANES + 1] = b1
     sums[0] = q0
     sums[1] = e0
     sums[2] = w0
     sums[3] = q1
     sums[4] = e1
     sums[5] = w1
-    sums[6] = q2
-    sums[7] = e2
-    sums[8] = w2
-    sums[9] = q3
-    sums[10] = e3
-    sums[11] = w3
 
 
 @kernel
 def _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f, sums, plane_sums):
-    """The four sums of channel f alone (lane 0 of ``sums``, stride LANES in ``plane_sums``),
+    """The four sums of channel f alone (lane 0 of ``sums``, stride BACKWARD_LANES in ``plane_sums``),
     in the reference's (gcc's) operand order for NaNs: the guarded path."""
     s = scales[f]
     m = mean[f]
@@ -433,7 +398,7 @@ def _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
             dx = xs[k] - m
             product = first_nan(dx, dx * v)
             w = first_nan(w, w + product)
-        plane_sums[b * LANES] = bsum
+        plane_sums[b * BACKWARD_LANES] = bsum
     sums[0] = q
     sums[1] = e
     sums[2] = w
@@ -474,21 +439,21 @@ def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, s
                        mean_delta, variance_delta, batch, out_c, spatial):
     """Fused twin of the reference ``batchnorm_backward`` (backward_batchnorm_layer's calls).
 
-    Per group of LANES channels (in parallel): one pass for the four sums, the
+    Per group of BACKWARD_LANES channels (in parallel): one pass for the four sums, the
     per-channel finishing steps of backward_bias, backward_scale_cpu, mean_delta_cpu
     and variance_delta_cpu (double factors, as the reference), then one pass writing
     delta.  A channel with a NaN sum or a NaN per-channel value is redone on the
     guarded path.
     """
-    groups = (out_c + LANES - 1) // LANES
+    groups = (out_c + BACKWARD_LANES - 1) // BACKWARD_LANES
     n32 = np.float32(spatial * batch)
     exponent = np.float64(np.float32(-3. / 2.))
     for g in prange(groups):
-        f0 = g * LANES
-        f1 = min(f0 + LANES, out_c)
-        sums = np.empty(3 * LANES, np.float32)
-        plane_sums = np.empty(batch * LANES, np.float32)
-        lanes = f1 - f0 == LANES
+        f0 = g * BACKWARD_LANES
+        f1 = min(f0 + BACKWARD_LANES, out_c)
+        sums = np.empty(3 * BACKWARD_LANES, np.float32)
+        plane_sums = np.empty(batch * BACKWARD_LANES, np.float32)
+        lanes = f1 - f0 == BACKWARD_LANES
         if lanes:
             _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums)
         for f in range(f0, f1):
@@ -496,7 +461,7 @@ def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, s
             guard = not lanes
             if lanes:
                 for b in range(batch):
-                    guard = guard or plane_sums[b * LANES + j] != plane_sums[b * LANES + j]
+                    guard = guard or plane_sums[b * BACKWARD_LANES + j] != plane_sums[b * BACKWARD_LANES + j]
                 for t in range(3):
                     guard = guard or sums[3 * j + t] != sums[3 * j + t]
                 guard = (guard or scales[f] != scales[f] or mean[f] != mean[f] or variance[f] != variance[f]
@@ -505,7 +470,7 @@ def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, s
                 _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
                                    sums[3 * j:], plane_sums[j:])
             for b in range(batch):
-                plane = plane_sums[b * LANES + j]
+                plane = plane_sums[b * BACKWARD_LANES + j]
                 bias_updates[f] = first_nan(plane, plane + bias_updates[f])
             q = sums[3 * j]
             scale_updates[f] = first_nan(q, q + scale_updates[f])
