@@ -17,14 +17,16 @@ what may not:
 
 How (the GotoBLAS layout, without the reassociation a BLAS allows itself):
 
-* C is cut into independent tasks of ``MC`` rows x ``NC`` columns, run in
-  parallel with ``prange`` (never splitting K between threads).
-* Within a task, K is walked in chunks of ``KC`` **in order**; between chunks the
-  running value of each element waits in memory (C itself, or the ``sum``
-  buffer for nt/tt), which stores the float32 exactly.
-* Per chunk, the ``A_PART`` values of the task's rows are computed once and
+* C is cut into independent blocks of ``MC`` rows x ``NC`` columns, dealt out
+  to the threads with ``prange`` (never splitting K between threads).
+* Within a block, K is walked in chunks of ``KC`` **in order**; between chunks
+  the running value of each element waits in memory (C itself, or the ``sum``
+  buffer S for nt/tt), which stores the float32 exactly.  gemm_cpu's BETA step
+  is done on C's first load, before the first product is added.
+* Per chunk, the ``A_PART`` values of the block's rows are computed once and
   packed into ``MR``-row panels (k-major), and B into ``NR``-column panels
-  (k-major, zero padded), so the micro-kernel reads both contiguously.
+  (k-major, zero padded; for nt/tt by 8 x 8 transposes in registers), so the
+  micro-kernel reads both contiguously.
 * The micro-kernel keeps an ``MR x NR`` tile (4 x 16: eight 8-float AVX
   registers) of running values in registers across the chunk: for each k one
   broadcast of ``A_PART`` per row, one 16-float row of B, then a separate
@@ -35,6 +37,13 @@ How (the GotoBLAS layout, without the reassociation a BLAS allows itself):
 The vector operations are LLVM ``<8 x float>`` ``fmul``/``fadd`` instructions
 written with Numba intrinsics and no fast-math flags, so LLVM may not contract
 them into FMAs (tests inspect the assembly for ``vfmadd``).
+
+One thing is outside the contract, here as in C: when two NaNs of *different*
+bits meet in one operation, which one comes out depends on the compiler's
+operand order (x86 returns the first source), which neither C nor LLVM fixes.
+NaNs made by float arithmetic are all the x86 default NaN, so this only shows
+with NaN inputs of another payload (numpy's ``np.nan``); every other bit,
+including which elements are NaN, is identical.
 """
 
 import numpy as np
