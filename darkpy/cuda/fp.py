@@ -112,7 +112,11 @@ else:  # pragma: no cover - needs a GPU (or compile_ptx)
     _fdiv_rn = libdevice.fdiv_rn
     _dmul_rn = libdevice.dmul_rn
     _dadd_rn = libdevice.dadd_rn
-    _dsub_rn = libdevice.dsub_rn
+
+    @cuda.jit(device=True)
+    def _dsub_rn(a, b):  # libdevice has no dsub_rn; negation is exact (NaNs are rebuilt by dsub)
+        return libdevice.dadd_rn(a, -b)
+
     _ddiv_rn = libdevice.ddiv_rn
     _sqrt = libdevice.dsqrt_rn
     _pow = libdevice.pow
@@ -324,3 +328,74 @@ def near_tie_host(y):
     if exponent < 1023 - 126:
         return exponent != 0 or (bits & 0x000FFFFFFFFFFFFF) != 0
     return abs((bits & 0x1FFFFFFF) - 0x10000000) <= TIE_ULPS
+
+
+# ----------------------------------------------------------------------------- NVIDIA semantics (darknet-gpu)
+# darknet's own kernels as the hardware runs them: IEEE float operations with the
+# canonical NaN 0x7fffffff for every NaN result, and fmaf where nvcc fused.  The
+# operations are explicitly rounded so that NVVM fuses nothing darknet's build did not.
+
+#: NVIDIA's canonical NaN, as int32 bits.
+CANONICAL_NAN32_BITS = 0x7FFFFFFF
+
+if simulator():
+    from darkpy.kernels.reference.darknet_gpu import fma32 as _fmaf
+    from darkpy.kernels.reference.darknet_gpu import powf as _powf
+
+    def _fsqrt_rn(a):
+        return np.sqrt(np.float32(a))
+else:  # pragma: no cover - needs a GPU
+    _fmaf = libdevice.fmaf
+    _fsqrt_rn = libdevice.fsqrt_rn
+    _powf = libdevice.powf
+
+
+@cuda.jit(device=True)
+def gcanon(r):
+    """``r`` with any NaN replaced by NVIDIA's canonical NaN (what the hardware returns)."""
+    if r != r:
+        return _bits_f32(CANONICAL_NAN32_BITS)
+    return r
+
+
+@cuda.jit(device=True)
+def gadd(a, b):
+    """Device float ``a + b`` (not fused), canonical NaN."""
+    return gcanon(_fadd_rn(a, b))
+
+
+@cuda.jit(device=True)
+def gsub(a, b):
+    """Device float ``a - b`` (not fused), canonical NaN."""
+    return gcanon(_fsub_rn(a, b))
+
+
+@cuda.jit(device=True)
+def gmul(a, b):
+    """Device float ``a*b`` (not fused), canonical NaN."""
+    return gcanon(_fmul_rn(a, b))
+
+
+@cuda.jit(device=True)
+def gdiv(a, b):
+    """Device float ``a/b`` (``div.rn.f32``, nvcc's default ``-prec-div=true``), canonical NaN."""
+    return gcanon(_fdiv_rn(a, b))
+
+
+@cuda.jit(device=True)
+def gfma(a, b, c):
+    """``fmaf(a, b, c)`` (``fma.rn.f32``): one rounding, canonical NaN."""
+    return gcanon(_fmaf(a, b, c))
+
+
+@cuda.jit(device=True)
+def gsqrt(a):
+    """CUDA's ``sqrtf`` (``sqrt.rn.f32``, nvcc's default ``-prec-sqrt=true``), canonical NaN."""
+    return gcanon(_fsqrt_rn(a))
+
+
+@cuda.jit(device=True)
+def gpowf(a, b):
+    """CUDA's ``powf`` (libdevice ``__nv_powf``) on the device; in the simulator the
+    emulation's assumption (``darkpy.kernels.reference.darknet_gpu.powf``)."""
+    return gcanon(_powf(a, b))
