@@ -21,6 +21,9 @@ from darkpy.cuda.fp import gadd, gdiv, gfma, gmul, gpowf, gsqrt, gsub
 from darkpy.kernels.blas_cuda import copy_gpu
 from darkpy.kernels.reference.darknet_gpu import BLOCK, EPS, FUSE_PTXAS
 
+#: Threads per block of the reductions run by the batchnorm layer functions below
+#: (darknet's BLOCK; tests lower it, the simulator being one Python thread per thread).
+THREADS = BLOCK
 #: Threads per block of the elementwise kernels (no effect on their results).
 ELEMENTWISE_BLOCK = 32 if simulator() else 512
 
@@ -306,9 +309,10 @@ def backward_scale_gpu(x_norm, delta, batch, n, size, scale_updates, threads=BLO
 
 # ----------------------------------------------------------------------------- batchnorm layer
 
-def forward_batchnorm_gpu(input, l, train, threads=BLOCK):
+def forward_batchnorm_gpu(input, l, train, threads=None):
     """``forward_batchnorm_layer_gpu`` (non-cuDNN) on device layer ``l``; ``input`` is
     ``net.input`` for a [batchnorm] layer, ``l.output`` otherwise."""
+    threads = threads or THREADS
     outputs = l.outputs * l.batch
     spatial = l.out_h * l.out_w
     if input is not l.output:
@@ -330,10 +334,11 @@ def forward_batchnorm_gpu(input, l, train, threads=BLOCK):
     add_bias_gpu(l.output, l.biases, l.batch, l.out_c, spatial)
 
 
-def backward_batchnorm_gpu(l, mean, variance, threads=BLOCK):
+def backward_batchnorm_gpu(l, mean, variance, threads=None):
     """``backward_batchnorm_layer_gpu`` (non-cuDNN) on device layer ``l`` with the statistics
     ``mean``/``variance`` (the rolling ones when not training); the copy to ``net.delta`` of a
     [batchnorm] layer is the caller's."""
+    threads = threads or THREADS
     spatial = l.out_w * l.out_h
     backward_bias_gpu(l.bias_updates, l.delta, l.batch, l.out_c, spatial, threads)
     backward_scale_gpu(l.x_norm, l.delta, l.batch, l.out_c, spatial, l.scale_updates, threads)
