@@ -140,7 +140,7 @@ def compare_with_opencv(ctx, cv_net, net):
         ctx.comparisons.append({
             "layer": i, "type": l.type, "opencv_layer": name, "size": int(ours.size),
             "differing_fraction": float(np.count_nonzero(d) / d.size),
-            "median_ulp": float(np.median(d)), "max_ulp": float(d.max()),
+            "median_ulp": float(np.median(d)), "p99_ulp": float(np.percentile(d, 99)), "max_ulp": float(d.max()),
             "max_abs": float(np.max(np.abs(ours.astype(np.float64) - theirs.astype(np.float64))))})
 
 

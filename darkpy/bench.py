@@ -108,11 +108,15 @@ def non_fma_peak(info):
       Non-FMA peak = 2*lanes FLOP/cycle (one multiply + one add per lane per
       cycle), half the FMA peak of 4*lanes.
     * The clock is lscpu's max MHz, else /proc/cpuinfo's current MHz (a VM reports
-      its nominal clock; turbo can exceed it, so more than 100% is possible).
+      its nominal clock), or ``info["measured_mhz"]`` when larger (turbo: a chain of
+      dependent float32 adds timed by benchmarks/bench_gemm.py's ``peak``).
     """
     flags, vendor = info["flags"], info["vendor"]
     lanes = 16 if "avx512f" in flags else 8 if ("avx2" in flags or "avx" in flags) else 4
-    ghz = (info["mhz"] or 0.0) / 1e3
+    mhz, source = info["mhz"] or 0.0, info["mhz_source"]
+    if (info.get("measured_mhz") or 0) > mhz:
+        mhz, source = info["measured_mhz"], f"measured by dependent adds; {source} says {info['mhz']}"
+    ghz = mhz / 1e3
     if "AMD" in vendor.upper():
         pipe_lanes = min(lanes, 8)
         per_cycle = 2 * pipe_lanes + 2 * pipe_lanes
@@ -126,26 +130,39 @@ def non_fma_peak(info):
                       f"= {per_cycle} FLOP/cycle without FMA ({fma_per_cycle} with FMA)")
     return {"lanes": lanes, "flop_per_cycle": per_cycle, "ghz": ghz,
             "gflops_per_core": per_cycle * ghz, "fma_gflops_per_core": fma_per_cycle * ghz,
-            "assumption": assumption + f", at {ghz:.3f} GHz ({info['mhz_source']})"}
+            "assumption": assumption + f", at {ghz:.3f} GHz ({source})"}
 
 
-def copy_bandwidth(nbytes=256 << 20, repeats=5):
-    """Copy bandwidth of one core in GB/s, counting the bytes read plus the bytes written.
+def measured_clock_mhz(ctx):
+    """The clock as benchmarks/bench_gemm.py's ``peak`` measures it (dependent float32 adds),
+    or None when that file is absent."""
+    try:
+        module = load_benchmark("bench_gemm")
+        return float(module.peak()["measured_mhz"]) if module and hasattr(module, "peak") else None
+    except Exception as exc:  # their file may be mid-edit
+        ctx.note(f"clock not measured (benchmarks/bench_gemm.py: {type(exc).__name__}: {exc})")
+        return None
 
-    A ``numpy.copyto`` of ``nbytes`` (much larger than the last-level cache), median of
-    ``repeats``.  Write-allocate traffic is not counted, the same convention as the
+
+def copy_bandwidth(nbytes=256 << 20, repeats=5, budget_s=None):
+    """Copy bandwidth in GB/s (one core), counting the bytes read plus the bytes written.
+
+    ``numpy.copyto`` between two ``nbytes`` arrays, the best of ``repeats`` (or of as
+    many as fit in ``budget_s``): on a shared machine the best run is the one least
+    disturbed.  Write-allocate traffic is not counted, the same convention as the
     floors (bytes a kernel reads + bytes it writes).
     """
-    n = nbytes // 4
+    n = max(1, nbytes // 4)
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
     np.copyto(dst, src)
-    times = []
-    for _ in range(repeats):
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < repeats or (budget_s and spent < budget_s and runs < 10000):
         t0 = time.perf_counter()
         np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    return 2 * nbytes / statistics.median(times) / 1e9
+        dt = time.perf_counter() - t0
+        best, spent, runs = min(best, dt), spent + dt, runs + 1
+    return 2 * 4 * n / best / 1e9
 
 
 # ----------------------------------------------------------------------------- the run
@@ -170,9 +187,11 @@ class Context:
         self.rows = []
         self.comparisons = []
         self.notes = []
+        self._bw_cache = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="darkpy-bench-")
         self.tmp = Path(self._tmp.name)
         self.cpu = cpu_info()
+        self.cpu["measured_mhz"] = measured_clock_mhz(self)
         self.peak = non_fma_peak(self.cpu)
         self.bandwidth_gbs = copy_bandwidth(bandwidth_bytes or ((64 << 20) if quick else (256 << 20)))
         self.weights, self.weights_note = find_weights(weights)
@@ -233,12 +252,25 @@ class Context:
             if peak > 0:
                 row["pct_peak"] = 100.0 * row["gflops"] / peak
         self.rows.append(row)
-        self.log(f"  {row['name']:<34} {row['shape']:<22} {row['impl']:<22} {row['threads']:>2} thr "
+        self.log(f"  {row['name']:<34} {row['shape']:<28} {row['impl']:<22} {row['threads']:>2} thr "
                  f"{row['median_ms']:>11.3f} ms")
         return row
 
     def memory_floor_ms(self, nbytes):
+        """``nbytes`` moved at the copy bandwidth of buffers much larger than the caches."""
         return nbytes / (self.bandwidth_gbs * 1e9) * 1e3
+
+    def cached_floor_ms(self, nbytes, working_set):
+        """``nbytes`` moved at the copy bandwidth measured with the kernel's working set.
+
+        A benchmark that repeats a kernel on the same buffers finds them in the last-level
+        cache when they fit (yolov3-tiny's batchnorm shapes are 1-28 MB here): the copy
+        of two ``working_set/2`` arrays, repeated the same way, is its realistic floor.
+        """
+        key = int(working_set)
+        if key not in self._bw_cache:
+            self._bw_cache[key] = copy_bandwidth(key // 2, repeats=5, budget_s=0.05 if self.quick else 0.3)
+        return nbytes / (self._bw_cache[key] * 1e9) * 1e3
 
     def flops_floor_ms(self, flops, threads):
         peak = self.peak["gflops_per_core"] * threads
@@ -358,36 +390,26 @@ def load_benchmark(name):
     return module
 
 
-def external_rows(ctx, module_name, **kwargs):
-    """Rows from benchmarks/<module_name>.py's ``rows(...)`` if it offers one, else None.
-
-    The call passes those of ``ctx``, ``quick``, ``threads``, ``repeats`` its signature
-    accepts; rows lacking the required keys are refused with a note.
-    """
-    import inspect
+def external(ctx, module_name, function):
+    """``function`` of benchmarks/<module_name>.py, or None (absent, or failing to import: noted)."""
     try:
         module = load_benchmark(module_name)
-    except Exception as exc:  # their file may be mid-edit: fall back to ours
+    except Exception as exc:  # another engineer's file may be mid-edit: fall back to ours
         ctx.note(f"benchmarks/{module_name}.py did not import ({type(exc).__name__}: {exc}); "
                  "using darkpy.bench's own measurement")
         return None
-    fn = getattr(module, "rows", None) if module else None
-    if not callable(fn):
-        return None
-    offer = {"ctx": ctx, "quick": ctx.quick, "threads": ctx.threads, "repeats": ctx.repeats, **kwargs}
-    params = inspect.signature(fn).parameters
-    try:
-        got = list(fn(**{k: v for k, v in offer.items() if k in params}))
-    except Exception as exc:
-        ctx.note(f"benchmarks/{module_name}.py rows() failed ({type(exc).__name__}: {exc}); "
-                 "using darkpy.bench's own measurement")
-        return None
-    bad = [r for r in got if not all(k in r for k in REQUIRED_KEYS)]
-    if bad or not got:
-        ctx.note(f"benchmarks/{module_name}.py rows() gave rows without {REQUIRED_KEYS}; "
-                 "using darkpy.bench's own measurement")
-        return None
-    return got
+    fn = getattr(module, function, None) if module else None
+    return fn if callable(fn) else None
+
+
+def checked_rows(ctx, module_name, rows):
+    """``rows`` when every one has the required keys; else None with a note."""
+    rows = list(rows)
+    if rows and all(all(k in r for k in REQUIRED_KEYS) for r in rows):
+        return rows
+    ctx.note(f"benchmarks/{module_name}.py gave rows without {REQUIRED_KEYS}; "
+             "using darkpy.bench's own measurement")
+    return None
 
 
 # ----------------------------------------------------------------------------- batchnorm
@@ -509,23 +531,59 @@ def torch_batchnorm(shape):
     return fwd, bwd, infer
 
 
+def _their_batchnorm_rows(ctx, shapes):
+    """benchmarks/bench_batchnorm.py's ``bench_rows`` (fast on each thread count, reference on
+    one), renamed to this table's names; None when it is absent or fails."""
+    fn = external(ctx, "bench_batchnorm", "bench_rows")
+    if fn is None:
+        return None
+    try:
+        rows = fn(shapes=[tuple(sh) for sh in shapes], repeat=ctx.repeats or (3 if ctx.quick else 15),
+                  reference_repeat=ctx.repeats or (1 if ctx.quick else 3), threads=ctx.threads,
+                  bandwidth=ctx.bandwidth_gbs * 1e9)
+    except Exception as exc:
+        ctx.note(f"benchmarks/bench_batchnorm.py bench_rows() failed ({type(exc).__name__}: {exc}); "
+                 "using darkpy.bench's own measurement")
+        return None
+    rows = checked_rows(ctx, "bench_batchnorm", rows)
+    if rows is None:
+        return None
+    out = []
+    for r in rows:
+        r = dict(r, shape=shape_str(r["shape"]), source="benchmarks/bench_batchnorm.py")
+        if not r["name"].startswith("batchnorm"):
+            r["name"] = f"batchnorm {r['name']}"
+        r.setdefault("floor", "memory")
+        out.append(r)
+    return out
+
+
 def batchnorm_section(ctx, shapes=BATCHNORM_SHAPES):
+    """Batchnorm training forward+backward and inference forward at ``shapes`` (batch, c, h, w).
+
+    darkpy's fast and reference kernels come from benchmarks/bench_batchnorm.py when it is
+    there (else from ``_bn_kernel_times``); NumPy, PyTorch and darknet are added here.
+    Memory floors: the training step reads the input and writes output, x, x_norm, then
+    reads delta, x, x_norm and writes delta (8 arrays); inference reads the input and
+    writes output and x (3 arrays).
+    """
     ctx.log("== batchnorm: train forward+backward, inference forward")
-    theirs = external_rows(ctx, "bench_batchnorm", shapes=list(shapes))
+    theirs = _their_batchnorm_rows(ctx, shapes)
     for shape in shapes:
         batch, c, h, w = shape
         n = batch * c * h * w
-        # floors: train forward reads input, writes output, x, x_norm; backward reads delta, x,
-        # x_norm and writes delta; inference reads input, writes output and x.
         floor_train = ctx.memory_floor_ms(8 * 4 * n)
         floor_infer = ctx.memory_floor_ms(3 * 4 * n)
-        floors = {"train": floor_train, "infer": floor_infer}
+        # working sets: input, output, x, x_norm, delta (train); input, output, x (inference)
+        cached = {"train": ctx.cached_floor_ms(8 * 4 * n, 5 * 4 * n), "infer": ctx.cached_floor_ms(3 * 4 * n, 3 * 4 * n)}
 
         def add_pair(impl, threads, tf, tb, ti):
             total = [f + b for f, b in zip(tf, tb)]
             ctx.add("batchnorm train fwd+bwd", shape, impl, threads, total, floor_ms=floor_train,
-                    floor="memory", fwd_ms=statistics.median(tf), bwd_ms=statistics.median(tb))
-            ctx.add("batchnorm infer fwd", shape, impl, threads, ti, floor_ms=floor_infer, floor="memory")
+                    floor="memory", cached_floor_ms=cached["train"],
+                    fwd_ms=statistics.median(tf), bwd_ms=statistics.median(tb))
+            ctx.add("batchnorm infer fwd", shape, impl, threads, ti, floor_ms=floor_infer, floor="memory",
+                    cached_floor_ms=cached["infer"])
 
         if theirs is None:
             from darkpy.kernels import blas as fast_blas
@@ -533,9 +591,17 @@ def batchnorm_section(ctx, shapes=BATCHNORM_SHAPES):
             for t in ctx.threads:
                 add_pair("fast", t, *_bn_kernel_times(ctx, fast_blas, shape, t))
             add_pair("reference", 1, *_bn_kernel_times(ctx, reference_blas, shape, 1))
-            set_threads(ctx.max_threads)
-            fwd, bwd, infer, _ = numpy_batchnorm(shape)
-            add_pair("numpy", 1, ctx.samples(fwd), ctx.samples(bwd), ctx.samples(infer))
+        else:
+            for r in theirs:
+                if r["shape"] == shape_str(shape):
+                    r["floor_ms"] = floor_train if "train" in r["name"] else floor_infer
+                    r["cached_floor_ms"] = cached["train" if "train" in r["name"] else "infer"]
+                    ctx.rows.append(r)
+                    ctx.log(f"  {r['name']:<34} {r['shape']:<28} {r['impl']:<22} {r['threads']:>2} thr "
+                            f"{r['median_ms']:>11.3f} ms  (bench_batchnorm.py)")
+        set_threads(ctx.max_threads)
+        fwd, bwd, infer, _ = numpy_batchnorm(shape)
+        add_pair("numpy", 1, ctx.samples(fwd), ctx.samples(bwd), ctx.samples(infer))
         tb = torch_batchnorm(shape)
         if tb is not None:
             import torch
@@ -551,14 +617,6 @@ def batchnorm_section(ctx, shapes=BATCHNORM_SHAPES):
                 continue
             add_pair(build["impl"], 1, out["batchnorm_train_forward"], out["batchnorm_backward"],
                      out["batchnorm_infer_forward"])
-        if theirs is not None:
-            for r in theirs:
-                if r["shape"] in (shape_str(shape), list(shape), tuple(shape)):
-                    r = dict(r, shape=shape_str(shape))
-                    kind = "train" if "train" in r["name"] else "infer"
-                    r.setdefault("floor_ms", floors[kind])
-                    r.setdefault("floor", "memory")
-                    ctx.rows.append(r)
     if torch_batchnorm(shapes[0]) is None:
         ctx.note("PyTorch is not installed: no torch batchnorm baseline")
 
@@ -682,47 +740,98 @@ def conv_section(ctx, layers=YOLOV3_TINY_CONV):
         blas_threads(ctx.max_threads)
 
 
-def gemm_section(ctx, layers=YOLOV3_TINY_CONV):
-    """gemm_nn alone at the forward shapes of the conv layers: M = filters, N = h*w, K = 9c."""
-    ctx.log("== gemm_nn (ALPHA=1, BETA=1) at the yolov3-tiny 3x3 layers' forward shapes")
-    theirs = external_rows(ctx, "bench_gemm")
-    if theirs is not None:
-        for r in theirs:
-            ctx.rows.append(r)
-        return
+#: gemm shapes of the fallback (benchmarks/bench_gemm.py's format: name, TA, TB, M, N, K): the
+#: forward gemm of the three conv layers (M = filters, N = h*w, K = 9c) and layer 8's backward pair.
+GEMM_SHAPES = tuple((f"conv{i} fwd {n}x{9 * c}x{h * w}", 0, 0, n, h * w, 9 * c) for i, c, h, w, n in YOLOV3_TINY_CONV) + (
+    ("conv8 weight_updates (nt)", 0, 1, 256, 1152, 676), ("conv8 delta (tn)", 1, 0, 1152, 676, 256))
+
+
+def _gemm_operands(TA, TB, M, N, K, seed=0):
+    rng = np.random.Generator(np.random.PCG64(seed))
+    A = rng.uniform(-1, 1, M * K).astype(np.float32)
+    B = rng.uniform(-1, 1, K * N).astype(np.float32)
+    return A, (M if TA else K), B, (K if TB else N), np.zeros(M * N, np.float32), N
+
+
+def _own_gemm_rows(ctx, shapes):
     from darkpy.kernels import gemm as fast_gemm
     from darkpy.kernels.reference import gemm as reference_gemm
-    for index, c, h, w, filters in layers:
-        M, N, K = filters, h * w, 9 * c
-        rng = np.random.Generator(np.random.PCG64(index))
-        A = rng.uniform(-1, 1, M * K).astype(np.float32)
-        B = rng.uniform(-1, 1, K * N).astype(np.float32)
-        C = np.zeros(M * N, np.float32)
-        flops = 2 * M * N * K
-        shape = f"L{index}:M{M}xN{N}xK{K}"
-
-        def zero():
-            C[:] = 0
-
+    rows = []
+    for label, TA, TB, M, N, K in shapes:
+        A, lda, B, ldb, C, ldc = _gemm_operands(TA, TB, M, N, K)
         impls = [("fast", fast_gemm, t) for t in ctx.threads]
-        if not ctx.quick or index == 0:
+        if not ctx.quick or M * N * K < 10 ** 8:
             impls.append(("reference", reference_gemm, 1))
         for impl, g, t in impls:
             set_threads(t)
             heavy = impl == "reference"
-            times = ctx.samples(lambda: g.gemm(0, 0, M, N, K, 1, A, K, B, N, 1, C, N), setup=zero,
+            times = ctx.samples(lambda: g.gemm(TA, TB, M, N, K, 1, A, lda, B, ldb, 1, C, ldc),
                                 min_repeats=2 if heavy else None, max_repeats=3 if heavy else None)
-            ctx.add("gemm_nn", shape, impl, t, times, flops=flops, floor_ms=ctx.flops_floor_ms(flops, t),
-                    floor="flops")
-        A2, B2 = A.reshape(M, K), B.reshape(K, N)
+            rows.append({"name": label, "shape": f"gemm({TA},{TB}) M={M} N={N} K={K}", "impl": impl,
+                         "threads": t, "median_ms": statistics.median(times), "min_ms": min(times),
+                         "repeats": len(times)})
+    set_threads(ctx.max_threads)
+    return rows
+
+
+def gemm_section(ctx, shapes=None):
+    """darknet's ``gemm`` alone (ALPHA = BETA = 1) at yolov3-tiny's 3x3 layer shapes.
+
+    darkpy's rows come from benchmarks/bench_gemm.py's ``bench`` when it is there (its
+    shapes: every 3x3 forward gemm and layer 8's backward pair; ``--quick``: four of
+    them), else from the same loop here over ``GEMM_SHAPES``; NumPy's ``matmul``
+    (OpenBLAS: FMA and its own summation order) is added for each.  GFLOP/s counts
+    2*M*N*K; % of peak and the floor use this run's non-FMA peak x threads.
+    """
+    ctx.log("== gemm alone at yolov3-tiny's 3x3 layer shapes")
+    module = None
+    try:
+        module = load_benchmark("bench_gemm")
+    except Exception as exc:
+        ctx.note(f"benchmarks/bench_gemm.py did not import ({type(exc).__name__}: {exc}); "
+                 "using darkpy.bench's own measurement")
+    fn = getattr(module, "bench", None) if module else None
+    if shapes is None:
+        shapes = (getattr(module, "QUICK" if ctx.quick else "SHAPES", None) if module else None) or GEMM_SHAPES
+    rows = None
+    if callable(fn):
+        try:
+            rows = checked_rows(ctx, "bench_gemm", fn(
+                shapes=list(shapes), threads=ctx.threads, repeat=ctx.repeats or (3 if ctx.quick else 9),
+                reference_repeat=ctx.repeats or 2, with_reference=not ctx.quick or all(
+                    M * N * K < 10 ** 8 for _, _, _, M, N, K in shapes),
+                info={"gflops_per_core": ctx.peak["gflops_per_core"]}))
+            for r in rows or []:
+                r["source"] = "benchmarks/bench_gemm.py"
+        except Exception as exc:
+            ctx.note(f"benchmarks/bench_gemm.py bench() failed ({type(exc).__name__}: {exc}); "
+                     "using darkpy.bench's own measurement")
+            rows = None
+    if rows is None:
+        rows = _own_gemm_rows(ctx, shapes)
+    for label, TA, TB, M, N, K in shapes:
+        flops = 2 * M * N * K
+        shape = f"gemm({TA},{TB}) M={M} N={N} K={K}"
+        for r in rows:
+            if r["shape"] != shape:
+                continue
+            t = r["threads"]
+            extra = {k: v for k, v in r.items() if k not in (
+                "name", "shape", "impl", "threads", "median_ms", "min_ms", "repeats", "gflops", "pct_peak")}
+            row = ctx.add(f"gemm {label}", shape, r["impl"], t, [r["median_ms"]], flops=flops,
+                          floor_ms=ctx.flops_floor_ms(flops, t), floor="flops", **extra)
+            row["min_ms"] = r.get("min_ms", row["min_ms"])
+            row["repeats"] = r.get("repeats")
+        A, _, B, _, _, _ = _gemm_operands(TA, TB, M, N, K)
+        A2 = A.reshape(K, M).T if TA else A.reshape(M, K)
+        B2 = B.reshape(N, K).T if TB else B.reshape(K, N)
         for t in ctx.threads:
             if not blas_threads(t) and t != ctx.threads[-1]:
                 continue
             times = ctx.samples(lambda: np.matmul(A2, B2))
-            ctx.add("gemm_nn", shape, "numpy (OpenBLAS, FMA)", t, times, flops=flops,
+            ctx.add(f"gemm {label}", shape, "numpy (OpenBLAS, FMA)", t, times, flops=flops,
                     floor_ms=ctx.flops_floor_ms(flops, t), floor="flops")
         blas_threads(ctx.max_threads)
-        set_threads(ctx.max_threads)
 
 
 # ----------------------------------------------------------------------------- ratios, table, JSON
@@ -751,6 +860,8 @@ def attach_ratios(rows):
                 r["ratio_to_reference"] = r["median_ms"] / ref["median_ms"]
             if r.get("floor_ms"):
                 r["time_over_floor"] = r["median_ms"] / r["floor_ms"]
+            if r.get("cached_floor_ms"):
+                r["time_over_cached_floor"] = r["median_ms"] / r["cached_floor_ms"]
     return rows
 
 
@@ -767,17 +878,18 @@ def grouped(rows):
 
 
 def format_table(rows):
-    head = (f"{'name':<32} {'shape':<22} {'impl':<24} {'thr':>3} {'median ms':>11} {'GFLOP/s':>8} "
-            f"{'%peak':>6} {'t/floor':>8} {'x darknet':>9} {'x opencv':>8} {'x ref':>7}")
+    head = (f"{'name':<30} {'shape':<28} {'impl':<22} {'thr':>3} {'median ms':>11} {'GFLOP/s':>8} "
+            f"{'%peak':>6} {'t/floor':>7} {'t/cache':>7} {'x darknet':>9} {'x opencv':>8} {'x ref':>7}")
     lines = [head, "-" * len(head)]
     last = None
     for r in grouped(rows):
         if last is not None and (r["name"], r["shape"]) != last:
             lines.append("")
         last = (r["name"], r["shape"])
-        lines.append(f"{r['name'][:32]:<32} {r['shape'][:22]:<22} {str(r['impl'])[:24]:<24} {r['threads']:>3} "
+        lines.append(f"{r['name'][:30]:<30} {r['shape'][:28]:<28} {str(r['impl'])[:22]:<22} {r['threads']:>3} "
                      f"{r['median_ms']:>11.3f} {_fmt(r.get('gflops'), '8.2f'):>8} {_fmt(r.get('pct_peak'), '6.1f'):>6} "
-                     f"{_fmt(r.get('time_over_floor'), '8.2f'):>8} {_fmt(r.get('ratio_to_darknet'), '9.3f'):>9} "
+                     f"{_fmt(r.get('time_over_floor'), '7.2f'):>7} {_fmt(r.get('time_over_cached_floor'), '7.2f'):>7} "
+                     f"{_fmt(r.get('ratio_to_darknet'), '9.3f'):>9} "
                      f"{_fmt(r.get('ratio_to_opencv'), '8.2f'):>8} {_fmt(r.get('ratio_to_reference'), '7.3f'):>7}")
     return "\n".join(lines)
 
@@ -785,11 +897,13 @@ def format_table(rows):
 def format_comparisons(comparisons):
     if not comparisons:
         return ""
-    head = f"{'layer':>5} {'type':<14} {'opencv blob':<14} {'elements':>9} {'differing':>9} {'median ULP':>10} {'max ULP':>10}"
+    head = (f"{'layer':>5} {'type':<14} {'opencv blob':<14} {'elements':>9} {'differing':>9} {'median ULP':>10} "
+            f"{'p99 ULP':>10} {'max ULP':>11} {'max |diff|':>10}")
     lines = ["OpenCV dnn vs darkpy (= darknet bits), layer by layer:", head]
     for c in comparisons:
         lines.append(f"{c['layer']:>5} {c['type']:<14} {c['opencv_layer']:<14} {c['size']:>9} "
-                     f"{100 * c['differing_fraction']:>8.1f}% {c['median_ulp']:>10.0f} {c['max_ulp']:>10.0f}")
+                     f"{100 * c['differing_fraction']:>8.1f}% {c['median_ulp']:>10.0f} {c['p99_ulp']:>10.0f} "
+                     f"{c['max_ulp']:>11.0f} {c['max_abs']:>10.3g}")
     return "\n".join(lines)
 
 
@@ -800,7 +914,8 @@ def machine_record(ctx):
     except ValueError:
         layer = "not yet initialised"
     return {"model": ctx.cpu["model"], "vendor": ctx.cpu["vendor"], "cores": ctx.cpu["cores"],
-            "mhz": ctx.cpu["mhz"], "mhz_source": ctx.cpu["mhz_source"],
+            "mhz": ctx.cpu["mhz"], "mhz_source": ctx.cpu["mhz_source"], "measured_mhz": ctx.cpu.get("measured_mhz"),
+            "peak_ghz": ctx.peak["ghz"],
             "vector": "avx512f" if "avx512f" in ctx.cpu["flags"] else "avx2" if "avx2" in ctx.cpu["flags"] else "other",
             "non_fma_peak_gflops_per_core": ctx.peak["gflops_per_core"],
             "fma_peak_gflops_per_core": ctx.peak["fma_gflops_per_core"], "peak_assumption": ctx.peak["assumption"],
@@ -877,7 +992,7 @@ def main(args):
     try:
         m = machine_record(ctx)
         print(f"CPU: {m['model']} ({m['vendor']}), {m['cores']} cores, {m['vector']}, "
-              f"{m['mhz']} MHz ({m['mhz_source']})")
+              f"{m['mhz']} MHz ({m['mhz_source']}), measured {m['measured_mhz'] or 0:.0f} MHz")
         print(f"threads: NUMBA_NUM_THREADS={m['NUMBA_NUM_THREADS']}, measured at {ctx.threads}; "
               f"load average at start {' '.join(f'{x:.2f}' for x in m['loadavg_start'])}")
         print(f"non-FMA float32 peak {m['non_fma_peak_gflops_per_core']:.1f} GFLOP/s per core "

@@ -140,17 +140,38 @@ def test_numpy_conv_computes_the_layer():
 
 
 def test_gemm_section_rows(ctx):
-    bench.gemm_section(ctx, layers=[(0, 2, 5, 7, 3)])
+    """Through benchmarks/bench_gemm.py's ``bench`` when present, else darkpy.bench's own loop."""
+    bench.gemm_section(ctx, shapes=[("tiny nn", 0, 0, 3, 35, 18), ("tiny tn", 1, 0, 5, 7, 4)])
     attach_ratios(ctx.rows)
     _check_rows(ctx.rows)
-    impls = {r["impl"] for r in ctx.rows}
-    assert {"fast", "reference"} <= impls
-    for r in ctx.rows:
-        assert r["shape"] == "L0:M3xN35xK18"
-        assert r["gflops"] > 0 and "pct_peak" in r and r["floor"] == "flops"
-    fast = next(r for r in ctx.rows if r["impl"] == "fast")
-    ref = next(r for r in ctx.rows if r["impl"] == "reference")
-    assert fast["ratio_to_reference"] == pytest.approx(fast["median_ms"] / ref["median_ms"])
+    for shape, flops in (("gemm(0,0) M=3 N=35 K=18", 2 * 3 * 35 * 18), ("gemm(1,0) M=5 N=7 K=4", 2 * 5 * 7 * 4)):
+        rows = [r for r in ctx.rows if r["shape"] == shape]
+        assert {"fast", "reference", "numpy (OpenBLAS, FMA)"} <= {r["impl"] for r in rows}
+        for r in rows:
+            assert r["gflops"] == pytest.approx(flops / r["median_ms"] / 1e6)
+            assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / (ctx.peak["gflops_per_core"] * r["threads"]))
+            assert r["floor"] == "flops" and r["time_over_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"])
+        fast = next(r for r in rows if r["impl"] == "fast")
+        ref = next(r for r in rows if r["impl"] == "reference")
+        assert fast["ratio_to_reference"] == pytest.approx(fast["median_ms"] / ref["median_ms"])
+
+
+def test_own_gemm_rows_without_bench_gemm(ctx, monkeypatch):
+    """The fallback when benchmarks/bench_gemm.py is absent gives the same kind of rows."""
+    monkeypatch.setattr(bench, "load_benchmark", lambda name: None)
+    bench.gemm_section(ctx, shapes=[("tiny nt", 0, 1, 3, 6, 5)])
+    _check_rows(ctx.rows)
+    assert {"fast", "reference", "numpy (OpenBLAS, FMA)"} == {r["impl"] for r in ctx.rows}
+
+
+def test_own_batchnorm_rows_without_bench_batchnorm(ctx, monkeypatch):
+    monkeypatch.setattr(bench, "load_benchmark", lambda name: None)
+    bench.batchnorm_section(ctx, shapes=[(2, 3, 4, 5)])
+    _check_rows(ctx.rows)
+    impls = {(r["name"], r["impl"]) for r in ctx.rows}
+    assert ("batchnorm train fwd+bwd", "fast") in impls and ("batchnorm infer fwd", "reference") in impls
+    fast = next(r for r in ctx.rows if r["impl"] == "fast" and "train" in r["name"])
+    assert {"fwd_ms", "bwd_ms"} <= fast.keys()
 
 
 def test_darknet_timing_rows(ctx):
@@ -201,12 +222,13 @@ def test_cfg_with_batch(ctx, tmp_path):
 def test_main_writes_json(tmp_path, monkeypatch):
     monkeypatch.delenv("DARKNET_DIR", raising=False)
     out = tmp_path / "bench.json"
-    rc = bench.main(["--quick", "--only", "gemm", "--threads", "1", "--repeats", "1", "--json", str(out)])
+    rc = bench.main(["--quick", "--only", "batchnorm", "--threads", "1", "--repeats", "1", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["machine"]["model"] and data["machine"]["threads_measured"] == [1]
     _check_rows(data["rows"])
-    assert {r["name"] for r in data["rows"]} == {"gemm_nn"}
+    assert all(r["name"].startswith("batchnorm") for r in data["rows"])
+    assert {r["shape"] for r in data["rows"]} == {bench.shape_str(s) for s in bench.BATCHNORM_SHAPES}
 
 
 def test_bad_options():
