@@ -276,6 +276,70 @@ def _rolling_update(rolling, stat):
     return first_nan(product, product + kept)
 
 
+#: Below this many pixels per plane (connected layers: 1) a block of channels runs
+#: its chains side by side in memory order: for b, for k, for each channel of the
+#: block (contiguous when spatial == 1, so the channel loop vectorises), instead of
+#: walking one channel at a time down the batch.
+SMALL_SPATIAL = 16
+#: Channels per block on that path (the unit of parallel work).
+SMALL_BLOCK = 64
+
+
+@kernel
+def _forward_block_small(input, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+                         scales, biases, batch, out_c, spatial, f0, f1, train):
+    """Channels f0..f1-1 of the forward pass, in memory order, operands in the reference's
+    (gcc's) order for NaNs.  Each channel's sums keep darknet's order (b, then k)."""
+    nf = f1 - f0
+    den = np.empty(nf)
+    if train:
+        acc = np.zeros(nf, np.float32)
+        for b in range(batch):
+            for k in range(spatial):
+                base = b * out_c * spatial + k
+                for j in range(nf):
+                    a = acc[j]
+                    acc[j] = first_nan(a, a + input[base + (f0 + j) * spatial])
+        scale = np.float32(1. / (batch * spatial))
+        for j in range(nf):
+            mean[f0 + j] = acc[j] * scale
+        wide = np.zeros(nf)
+        for b in range(batch):
+            for k in range(spatial):
+                base = b * out_c * spatial + k
+                for j in range(nf):
+                    d = np.float64(input[base + (f0 + j) * spatial] - mean[f0 + j])
+                    v = wide[j]
+                    wide[j] = np.float64(np.float32(first_nan(v, v + d * d)))
+        scale = np.float32(1. / (batch * spatial - 1))
+        for j in range(nf):
+            f = f0 + j
+            variance[f] = np.float32(wide[j]) * scale
+            rolling_mean[f] = _rolling_update(rolling_mean[f], mean[f])
+            rolling_variance[f] = _rolling_update(rolling_variance[f], variance[f])
+            den[j] = math.sqrt(np.float64(variance[f])) + np.float64(EPS_FORWARD)
+        stat_mean = mean
+    else:
+        for j in range(nf):
+            den[j] = math.sqrt(np.float64(rolling_variance[f0 + j])) + np.float64(EPS_FORWARD)
+        stat_mean = rolling_mean
+    m = stat_mean[f0:f1]
+    sc = scales[f0:f1]
+    bias = biases[f0:f1]
+    for b in range(batch):
+        for k in range(spatial):
+            base = b * out_c * spatial + k
+            for j in range(nf):
+                index = base + (f0 + j) * spatial
+                value = input[index]
+                x[index] = value
+                norm = np.float32(np.float64(value - m[j]) / den[j])
+                if train:
+                    x_norm[index] = norm
+                scaled = first_nan(norm, norm * sc[j])
+                output[index] = first_nan(scaled, scaled + bias[j])
+
+
 @pkernel
 def batchnorm_forward_train(input, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
                             scales, biases, batch, out_c, spatial):
@@ -286,6 +350,12 @@ def batchnorm_forward_train(input, output, x, x_norm, mean, variance, rolling_me
     updates (float .99 and .01), then one pass writing x, x_norm and output.
     ``input`` may be ``output`` itself (a convolutional layer).
     """
+    if spatial < SMALL_SPATIAL:
+        for block in prange((out_c + SMALL_BLOCK - 1) // SMALL_BLOCK):
+            _forward_block_small(input, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+                                 scales, biases, batch, out_c, spatial, block * SMALL_BLOCK,
+                                 min(out_c, (block + 1) * SMALL_BLOCK), True)
+        return
     groups = (out_c + LANES - 1) // LANES
     for g in prange(groups):
         f0 = g * LANES
@@ -310,6 +380,12 @@ def batchnorm_forward_train(input, output, x, x_norm, mean, variance, rolling_me
 def batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, scales, biases,
                             batch, out_c, spatial):
     """Fused twin of the reference ``batchnorm_forward_infer``: one pass per channel."""
+    if spatial < SMALL_SPATIAL:
+        for block in prange((out_c + SMALL_BLOCK - 1) // SMALL_BLOCK):
+            _forward_block_small(input, output, x, x, rolling_mean, rolling_variance, rolling_mean,
+                                 rolling_variance, scales, biases, batch, out_c, spatial, block * SMALL_BLOCK,
+                                 min(out_c, (block + 1) * SMALL_BLOCK), False)
+        return
     for f in prange(out_c):
         den = math.sqrt(np.float64(rolling_variance[f])) + np.float64(EPS_FORWARD)
         _normalize_channel(input, output, x, None, rolling_mean[f], den, scales[f], biases[f],
@@ -434,6 +510,71 @@ def _normalize_delta_channel(delta, x, m, scale, sd, vd2, md_n, batch, out_c, sp
                 ds[k] = np.float32(np.float64(xs[k] - m) * vd2 / n64 + np.float64(d) * 1. / sd + md_n)
 
 
+@kernel
+def _backward_block_small(delta, x, x_norm, mean, variance, scales, bias_updates, scale_updates,
+                          mean_delta, variance_delta, batch, out_c, spatial, f0, f1):
+    """Channels f0..f1-1 of the backward pass, in memory order, operands in the reference's
+    (gcc's) order for NaNs.  Each channel's sums keep darknet's order (b, then k)."""
+    nf = f1 - f0
+    m = mean[f0:f1]
+    s = scales[f0:f1]
+    plane = np.empty(nf, np.float32)
+    q = np.zeros(nf, np.float32)
+    e = np.zeros(nf, np.float32)
+    w = np.zeros(nf, np.float32)
+    for b in range(batch):
+        plane[:] = 0
+        for k in range(spatial):
+            base = b * out_c * spatial + k
+            for j in range(nf):
+                index = base + (f0 + j) * spatial
+                value = delta[index]
+                a = plane[j]
+                plane[j] = first_nan(a, a + value)
+                product = first_nan(value, value * x_norm[index])
+                a = q[j]
+                q[j] = first_nan(a, a + product)
+                value = first_nan(value, value * s[j])
+                a = e[j]
+                e[j] = first_nan(a, a + value)
+                dx = x[index] - m[j]
+                product = first_nan(dx, dx * value)
+                a = w[j]
+                w[j] = first_nan(a, a + product)
+        for j in range(nf):
+            a = plane[j]
+            bias_updates[f0 + j] = first_nan(a, a + bias_updates[f0 + j])
+    exponent = np.float64(np.float32(-3. / 2.))
+    sd = np.empty(nf)
+    vd2 = np.empty(nf)
+    md_n = np.empty(nf)
+    for j in range(nf):
+        f = f0 + j
+        a = q[j]
+        scale_updates[f] = first_nan(a, a + scale_updates[f])
+        v = np.float64(variance[f] + EPS_BACKWARD)
+        sd[j] = math.sqrt(v)
+        wide = np.float64(e[j])
+        mean_delta[f] = np.float32(first_nan(wide, wide * (-1. / sd[j])))
+        wide = np.float64(w[j])
+        variance_delta[f] = np.float32(first_nan(wide, wide * (math.pow(v, exponent) * -.5)))
+        md_n[j] = np.float64(mean_delta[f] / np.float32(spatial * batch))
+        vd2[j] = np.float64(variance_delta[f]) * 2.
+    n64 = np.float64(spatial * batch)
+    for b in range(batch):
+        for k in range(spatial):
+            base = b * out_c * spatial + k
+            for j in range(nf):
+                index = base + (f0 + j) * spatial
+                value = delta[index]
+                d = first_nan(value, value * s[j])
+                term1 = np.float64(d) * 1. / sd[j]
+                dx = np.float64(x[index] - m[j])
+                term2 = first_nan(dx, dx * vd2[j]) / n64
+                total = first_nan(term2, term2 + term1)
+                delta[index] = np.float32(first_nan(total, total + md_n[j]))
+
+
 @pkernel
 def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, scale_updates,
                        mean_delta, variance_delta, batch, out_c, spatial):
@@ -445,28 +586,37 @@ def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, s
     delta.  A channel with a NaN sum or a NaN per-channel value is redone on the
     guarded path.
     """
+    if spatial < SMALL_SPATIAL:
+        for block in prange((out_c + SMALL_BLOCK - 1) // SMALL_BLOCK):
+            _backward_block_small(delta, x, x_norm, mean, variance, scales, bias_updates, scale_updates,
+                                  mean_delta, variance_delta, batch, out_c, spatial, block * SMALL_BLOCK,
+                                  min(out_c, (block + 1) * SMALL_BLOCK))
+        return
     groups = (out_c + BACKWARD_LANES - 1) // BACKWARD_LANES
     n32 = np.float32(spatial * batch)
     exponent = np.float64(np.float32(-3. / 2.))
+    all_sums = np.empty(groups * 3 * BACKWARD_LANES, np.float32)
+    all_plane_sums = np.empty(groups * batch * BACKWARD_LANES, np.float32)
     for g in prange(groups):
         f0 = g * BACKWARD_LANES
         f1 = min(f0 + BACKWARD_LANES, out_c)
-        sums = np.empty(3 * BACKWARD_LANES, np.float32)
-        plane_sums = np.empty(batch * BACKWARD_LANES, np.float32)
+        sums = all_sums[g * 3 * BACKWARD_LANES:(g + 1) * 3 * BACKWARD_LANES]
+        plane_sums = all_plane_sums[g * batch * BACKWARD_LANES:(g + 1) * batch * BACKWARD_LANES]
         lanes = f1 - f0 == BACKWARD_LANES
         if lanes:
             _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums)
         for f in range(f0, f1):
             j = f - f0
-            guard = not lanes
-            if lanes:
-                for b in range(batch):
-                    guard = guard or plane_sums[b * BACKWARD_LANES + j] != plane_sums[b * BACKWARD_LANES + j]
-                for t in range(3):
-                    guard = guard or sums[3 * j + t] != sums[3 * j + t]
-                guard = (guard or scales[f] != scales[f] or mean[f] != mean[f] or variance[f] != variance[f]
-                         or bias_updates[f] != bias_updates[f] or scale_updates[f] != scale_updates[f])
-            if guard:
+            if not lanes:
+                _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
+                                   sums[3 * j:], plane_sums[j:])
+            nan = (scales[f] != scales[f] or mean[f] != mean[f] or variance[f] != variance[f]
+                   or bias_updates[f] != bias_updates[f] or scale_updates[f] != scale_updates[f])
+            for t in range(3):
+                nan = nan or sums[3 * j + t] != sums[3 * j + t]
+            for b in range(batch):
+                nan = nan or plane_sums[b * BACKWARD_LANES + j] != plane_sums[b * BACKWARD_LANES + j]
+            if nan and lanes:
                 _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
                                    sums[3 * j:], plane_sums[j:])
             for b in range(batch):
@@ -480,7 +630,7 @@ def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, s
             wide = np.float64(sums[3 * j + 2])
             variance_delta[f] = np.float32(first_nan(wide, wide * (math.pow(v, exponent) * -.5)))
             md_n = np.float64(mean_delta[f] / n32)
-            guard = guard or md_n != md_n or variance_delta[f] != variance_delta[f]
+            guard = nan or md_n != md_n or variance_delta[f] != variance_delta[f]
             _normalize_delta_channel(delta, x, mean[f], scales[f], math.sqrt(v),
                                      np.float64(variance_delta[f]) * 2., md_n,
                                      batch, out_c, spatial, f, guard)
