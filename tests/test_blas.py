@@ -15,8 +15,16 @@ SPECIALS = np.array([np.inf, -np.inf, np.nan, -0.0, 1e-45, -3e-39, 1e-40, 3.4e38
                     dtype=np.float32)
 
 # (batch, out_c, spatial): channel counts that fill the lanes and leave remainders,
-# single pixels, a single sample (n - 1 == 0 divides by zero).
-SHAPES = [(2, 8, 7), (3, 5, 4), (1, 3, 1), (1, 1, 1), (4, 9, 13), (2, 4, 1), (1, 6, 33)]
+# single pixels, a single sample (n - 1 == 0 divides by zero); planes below
+# fast.SMALL_SPATIAL take the memory-order path, the others the channel lanes.
+SHAPES = [(2, 8, 7), (3, 5, 4), (1, 3, 1), (1, 1, 1), (4, 9, 13), (2, 4, 1), (1, 6, 33),
+          (2, 7, 20), (3, 4, 16), (1, 1, 17), (2, 70, 1)]
+
+
+def test_shapes_cover_both_paths():
+    assert any(s < fast.SMALL_SPATIAL for _, _, s in SHAPES)
+    assert any(s >= fast.SMALL_SPATIAL and c % fast.LANES for _, c, s in SHAPES)
+    assert any(c > fast.SMALL_BLOCK for _, c, _ in SHAPES)
 
 
 def overridden():
@@ -361,7 +369,8 @@ def test_batchnorm_kernels_bitwise_nan_storm(seed):
     """Two NaNs meeting keep the first operand's payload on x86: fast and reference pin the
     same (gcc's) operand order, so even NaN signs and payloads agree."""
     rng = np.random.default_rng(100 + seed)
-    batch, c, spatial = int(rng.integers(1, 4)), int(rng.integers(1, 12)), int(rng.integers(1, 10))
+    # small planes take the memory-order path, larger ones the channel-lane path
+    batch, c, spatial = int(rng.integers(1, 4)), int(rng.integers(1, 12)), int(rng.integers(1, 10)) + 24 * (seed % 2)
     s = nan_storm(rng, bn_state(rng, batch, c, spatial, True))
     for train in (True, False):
         r = run_bn(ref, s, batch, c, spatial, train)
@@ -388,7 +397,7 @@ def test_reference_matches_darknet_library_on_nan_storms():
     F = ctypes.c_float
     for seed in range(30):
         rng = np.random.default_rng(seed)
-        batch, c, sp = int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 12))
+        batch, c, sp = int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 12)) + 20 * (seed % 3 == 0)
         s = bn_state(rng, batch, c, sp, True)
         if seed % 2:
             s = nan_storm(rng, s, 0.1)
