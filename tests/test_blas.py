@@ -273,7 +273,8 @@ def test_reference_losses():
     assert err[0] == 0 and err[1] == np.float32(-math.log(np.float64(pred[1])))
     ref.logistic_x_ent_cpu(4, pred, truth, delta, err)
     t, p = np.float64(truth[1]), np.float64(pred[1])
-    assert err[1] == np.float32(-t * math.log(p) - np.float64(np.float32(1 - truth[1])) * math.log(np.float64(np.float32(1 - pred[1]))))
+    one_t, one_p = np.float64(np.float32(1 - truth[1])), np.float64(np.float32(1 - pred[1]))
+    assert err[1] == np.float32(-t * math.log(p) - one_t * math.log(one_p))
 
 
 def test_reference_layout_ops_round_trip():
@@ -397,7 +398,8 @@ def test_reference_matches_darknet_library_on_nan_storms():
     F = ctypes.c_float
     for seed in range(30):
         rng = np.random.default_rng(seed)
-        batch, c, sp = int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 12)) + 20 * (seed % 3 == 0)
+        batch, c = int(rng.integers(1, 4)), int(rng.integers(1, 10))
+        sp = int(rng.integers(1, 12)) + 20 * (seed % 3 == 0)
         s = bn_state(rng, batch, c, sp, True)
         if seed % 2:
             s = nan_storm(rng, s, 0.1)
