@@ -179,7 +179,7 @@ def _exact_fma_ok(a, b, c, r):
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(finite32, finite32, finite32)
 def test_fma32_is_correctly_rounded(a, b, c):
     assert _exact_fma_ok(a, b, c, D.fma32(np.float32(a), np.float32(b), np.float32(c)))
