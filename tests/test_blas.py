@@ -428,3 +428,64 @@ def test_reference_matches_darknet_library_on_nan_storms():
             ours = run_bn(module, s, batch, c, sp)
             bad = [k for k in d if not same(d[k], ours[k])]
             assert not bad, (module.__name__, seed, bad)
+
+
+def test_reference_blas_matches_darknet_library():
+    """Every other blas.c function against darknet's own (a local strict build, if present),
+    on finite data and on NaN storms: the same bits, NaN payloads included."""
+    import ctypes
+    lib = darknet_library()
+    lib.dot_cpu.restype = ctypes.c_float
+    ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
+    n = 37
+    cases = [  # (name, argument maker, indexes of the arguments compared after the call)
+        ("weighted_sum_cpu", lambda N, r: [N(n), N(n), N(n), n, N(n)], [4]),
+        ("weighted_sum_cpu", lambda N, r: [N(n), None, N(n), n, N(n)], [4]),
+        ("weighted_delta_cpu", lambda N, r: [N(n), N(n), N(n), N(n), N(n), N(n), n, N(n)], [3, 4, 5]),
+        ("shortcut_cpu", lambda N, r: [2, 4, 4, 3, N(96), 2, 2, 5, 0.5, 1.5, N(40)], [10]),
+        ("shortcut_cpu", lambda N, r: [2, 2, 2, 3, N(24), 4, 4, 2, 0.7, 1.0, N(64)], [10]),
+        ("l2normalize_cpu", lambda N, r: [N(30), N(30), 2, 3, 5], [0, 1]),
+        ("mul_cpu", lambda N, r: [n, N(n), 1, N(n), 1], [3]),
+        ("pow_cpu", lambda N, r: [n, 1.7, np.abs(N(n)), 1, N(n), 1], [4]),
+        ("mult_add_into_cpu", lambda N, r: [n, N(n), N(n), N(n)], [3]),
+        ("smooth_l1_cpu", lambda N, r: [n, N(n), N(n), N(n), N(n)], [3, 4]),
+        ("l1_cpu", lambda N, r: [n, N(n), N(n), N(n), N(n)], [3, 4]),
+        ("l2_cpu", lambda N, r: [n, N(n), N(n), N(n), N(n)], [3, 4]),
+        ("softmax_x_ent_cpu", lambda N, r: [n, np.abs(N(n)), (r.random(n) < .5).astype(np.float32), N(n), N(n)],
+         [3, 4]),
+        ("logistic_x_ent_cpu", lambda N, r: [n, r.random(n).astype(np.float32), r.random(n).astype(np.float32),
+                                             N(n), N(n)], [3, 4]),
+        ("softmax_cpu", lambda N, r: [N(60), 5, 2, 30, 3, 10, 2, 0.9, N(60)], [8]),
+        ("upsample_cpu", lambda N, r: [N(96), 4, 4, 3, 2, 2, 1, 0.5, N(384)], [8]),
+        ("upsample_cpu", lambda N, r: [N(96), 4, 4, 3, 2, 2, 0, 0.5, N(384)], [0]),
+        ("reorg_cpu", lambda N, r: [N(256), 4, 4, 8, 2, 2, 1, N(256)], [7]),
+        ("flatten", lambda N, r: [N(30), 5, 3, 2, 1], [0]),
+        ("axpy_cpu", lambda N, r: [n, 0.3, N(n), 1, N(n), 1], [4]),
+        ("scal_cpu", lambda N, r: [n, 0.3, N(n), 1], [2]),
+        ("inter_cpu", lambda N, r: [3, N(6), 2, N(4), 2, N(10)], [5]),
+        ("deinter_cpu", lambda N, r: [3, N(6), 2, N(4), 2, N(10)], [1, 3]),
+        ("dot_cpu", lambda N, r: [n, N(n), 1, N(n), 1], []),
+    ]
+    for name, make, compared in cases:
+        for seed in range(8):
+            for frac in (0.0, 0.3):
+                rng = np.random.default_rng(seed)
+
+                def N(size):
+                    a = (rng.standard_normal(size) * 2).astype(np.float32)
+                    return nan_storm(rng, {"x": a}, frac)["x"] if frac else a
+
+                args = make(N, rng)
+                results = []
+                for module in (None, ref, fast):
+                    a = [v.copy() if isinstance(v, np.ndarray) else v for v in args]
+                    if module is None:
+                        c_args = [ptr(v) if isinstance(v, np.ndarray) else
+                                  ctypes.c_float(v) if isinstance(v, float) else v for v in a]
+                        value = getattr(lib, name)(*c_args)
+                    else:
+                        value = getattr(module, name)(*a)
+                    results.append([a[i] for i in compared] +
+                                   ([np.float32([value])] if name == "dot_cpu" else []))
+                for ours in results[1:]:
+                    assert all(same(d, o) for d, o in zip(results[0], ours)), (name, seed, frac)

@@ -116,7 +116,8 @@ def upsample_cpu(input, w, h, c, batch, stride, forward, scale, out):
     """darknet's ``upsample_cpu`` (its ``in`` is ``input`` here).
 
     Forward: ``out = scale*in`` (float); backward: ``in += scale*out`` (float),
-    each input pixel receiving its stride*stride products in (j, i) order.
+    each input pixel receiving its stride*stride products in (j, i) order (NaN order
+    as gcc's: ``out*scale``, then ``in + product``).
     """
     scale = np.float32(scale)
     for b in range(batch):
@@ -128,7 +129,9 @@ def upsample_cpu(input, w, h, c, batch, stride, forward, scale, out):
                     if forward:
                         out[out_index] = scale * input[in_index]
                     else:
-                        input[in_index] += scale * out[out_index]
+                        value = out[out_index]
+                        product = first_nan(value, value * scale)
+                        input[in_index] = first_nan(input[in_index], input[in_index] + product)
 
 
 @kernel
@@ -226,10 +229,13 @@ def mult_add_into_cpu(N, X, Y, Z):
 
 @kernel
 def dot_cpu(N, X, INCX, Y, INCY):
-    """darknet's ``dot_cpu``: a float ``dot`` accumulating X*Y in index order; returns float32."""
+    """darknet's ``dot_cpu``: a float ``dot`` accumulating X*Y in index order; returns float32
+    (NaN order as gcc's: X first in the product, the running dot first in the sum)."""
     dot = np.float32(0)
     for i in range(N):
-        dot += X[i * INCX] * Y[i * INCY]
+        x = X[i * INCX]
+        product = first_nan(x, x * Y[i * INCY])
+        dot = first_nan(dot, dot + product)
     return dot
 
 
@@ -244,24 +250,38 @@ def sum_array(a, n):
 
 @kernel
 def weighted_sum_cpu(a, b, s, n, c):
-    """darknet's ``weighted_sum_cpu``: c = s*a + (1-s)*b, b None meaning 0 (float)."""
+    """darknet's ``weighted_sum_cpu``: c = s*a + (1-s)*b, b None meaning 0 (float).
+
+    NaN order as gcc's code: ``a*s`` (a first), ``(1-s)*b`` (1-s first), and the
+    second product plus the first.
+    """
     for i in range(n):
         if b is not None:
             bi = b[i]
         else:
             bi = np.float32(0)
-        c[i] = s[i] * a[i] + (F32_ONE - s[i]) * bi
+        first = first_nan(a[i], a[i] * s[i])
+        keep = F32_ONE - s[i]
+        second = first_nan(keep, keep * bi)
+        c[i] = first_nan(second, second + first)
 
 
 @kernel
 def weighted_delta_cpu(a, b, s, da, db, ds, n, dc):
-    """darknet's ``weighted_delta_cpu``: da += dc*s, db += dc*(1-s), ds += dc*(a-b) (float; da, db may be None)."""
+    """darknet's ``weighted_delta_cpu``: da += dc*s, db += dc*(1-s), ds += dc*(a-b) (float;
+    da, db may be None).  NaN order as gcc's code: ``s*dc``, ``(1-s)*dc``, ``(a-b)*dc``,
+    each product added first."""
     for i in range(n):
         if da is not None:
-            da[i] += dc[i] * s[i]
+            product = first_nan(s[i], s[i] * dc[i])
+            da[i] = first_nan(product, product + da[i])
         if db is not None:
-            db[i] += dc[i] * (F32_ONE - s[i])
-        ds[i] += dc[i] * (a[i] - b[i])
+            keep = F32_ONE - s[i]
+            product = first_nan(keep, keep * dc[i])
+            db[i] = first_nan(product, product + db[i])
+        diff = a[i] - b[i]
+        product = first_nan(diff, diff * dc[i])
+        ds[i] = first_nan(product, product + ds[i])
 
 
 @kernel
@@ -585,7 +605,7 @@ def softmax(input, n, temp, stride, output):
             largest = input[i * stride]
     for i in range(n):
         e = np.float32(math.exp(np.float64(input[i * stride] / temp - largest / temp)))
-        sum += e
+        sum = first_nan(sum, sum + e)
         output[i * stride] = e
     for i in range(n):
         output[i * stride] /= sum
