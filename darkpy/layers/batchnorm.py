@@ -19,13 +19,23 @@ a convolutional layer updates its scales itself.
 
 import numpy as np
 
-from darkpy.errors import ShapeError
+from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
 from darkpy.layer import Layer
 
 
 def parse(section, params):
-    """darknet's ``parse_batchnorm``: no options; the layer takes the incoming shape."""
+    """darknet's ``parse_batchnorm``: no options; the layer takes the incoming shape.
+
+    darkpy's ``style=caffe`` builds Caffe's BatchNorm instead (``darkpy.layers.caffe_batchnorm``).
+    """
+    style = section.find_str("style", "darknet")
+    if style == "caffe":
+        from darkpy.layers import caffe_batchnorm
+        return caffe_batchnorm.parse(section, params)
+    if style != "darknet":
+        raise CfgError(f"style={style}: expected darknet or caffe", path=section.path,
+                       line=section.option("style").line, section=section.header, layer=params.index)
     return make_batchnorm_layer(params.batch, params.w, params.h, params.c)
 
 
