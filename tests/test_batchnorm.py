@@ -184,8 +184,20 @@ def test_make_layer_shapes_and_errors():
 
 def test_parse_takes_incoming_shape():
     params = SimpleNamespace(batch=2, inputs=60, h=3, w=4, c=5, index=0, time_steps=1, net=None)
-    l = batchnorm.parse(None, params)
+    from darkpy.description import parse_cfg_text
+    section = parse_cfg_text("[net]\nwidth=4\nheight=3\nchannels=5\n[batchnorm]\n").layers[0]
+    l = batchnorm.parse(section, params)
     assert (l.batch, l.w, l.h, l.c) == (2, 4, 3, 5)
+
+
+def test_parse_refuses_an_unknown_style():
+    from darkpy.description import parse_cfg_text
+    from darkpy.errors import CfgError
+    params = SimpleNamespace(batch=1, inputs=60, h=3, w=4, c=5, index=0, time_steps=1, net=None)
+    section = parse_cfg_text("[net]\nwidth=4\nheight=3\nchannels=5\n[batchnorm]\nstyle=torch\n",
+                             path="x.cfg").layers[0]
+    with pytest.raises(CfgError, match=r"x.cfg:6.*style=torch: expected darknet or caffe"):
+        batchnorm.parse(section, params)
 
 
 # ----------------------------------------------------------------------------- the maths
