@@ -300,9 +300,67 @@ def compile_section(ctx):
     ctx.add(name, shape, "warm Numba cache", threads, warm)
 
 
+#: Run in a fresh process per threading layer: yolov3-tiny forward at each thread count.
+_THREADING_PROBE = r"""
+import json, sys, time
+import numba
+import numpy as np
+from darkpy.network import forward_network, load_network, randomize_parameters
+cfg, weights, threads, repeats = sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4])
+net = load_network(cfg, weights, batch=1)
+if weights is None:
+    randomize_parameters(net, 0)
+net.input[:] = np.random.Generator(np.random.PCG64(1)).random(net.inputs, dtype=np.float32)
+out = {}
+for t in [int(x) for x in threads.split(",")]:
+    numba.set_num_threads(t)
+    forward_network(net)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward_network(net)
+        times.append((time.perf_counter() - t0) * 1e3)
+    out[t] = times
+print(json.dumps({"layer": numba.threading_layer(), "times": out}))
+"""
+
+#: (label, environment) of the threading variants measured.
+THREADING_VARIANTS = (
+    ("omp", {"NUMBA_THREADING_LAYER": "omp"}),
+    ("omp, OMP_WAIT_POLICY=passive", {"NUMBA_THREADING_LAYER": "omp", "OMP_WAIT_POLICY": "passive"}),
+    ("workqueue", {"NUMBA_THREADING_LAYER": "workqueue"}),
+    ("tbb", {"NUMBA_THREADING_LAYER": "tbb"}),
+)
+
+
+def threading_section(ctx):
+    """yolov3-tiny forward under each Numba threading layer (a fresh process each), per thread count."""
+    ctx.log("== yolov3-tiny forward per Numba threading layer (fresh processes)")
+    if ctx.cfg is None:
+        ctx.note("yolov3-tiny.cfg not found: no threading rows")
+        return
+    net = None if ctx.weights is not None else _network(ctx, batch=1)
+    wfile = weights_file(ctx, net) if net is not None else ctx.weights
+    repeats = ctx.repeats or (2 if ctx.quick else 7)
+    threads = ",".join(map(str, ctx.threads))
+    for label, extra in THREADING_VARIANTS:
+        env = {**os.environ, **extra}
+        proc = subprocess.run([sys.executable, "-c", _THREADING_PROBE, str(ctx.cfg), str(wfile), threads,
+                               str(repeats)], env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            ctx.note(f"threading layer {label}: not measured ({last[:200]})")
+            continue
+        import json
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        for t, times in got["times"].items():
+            ctx.add("yolov3-tiny forward by layer", "yolov3-tiny 3x416x416 b1", f"fast, {label}", int(t), times,
+                    threading_layer=got["layer"])
+
+
 def rows(ctx):
-    """All three sections' rows (for a caller holding a ``darkpy.bench.Context``)."""
-    for section in (network_section, train_section, compile_section):
+    """All the sections' rows (for a caller holding a ``darkpy.bench.Context``)."""
+    for section in (network_section, train_section, compile_section, threading_section):
         section(ctx)
     return ctx.rows
 
@@ -310,5 +368,5 @@ def rows(ctx):
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--only" not in argv:
-        argv += ["--only", "network,train,compile"]
+        argv += ["--only", "network,train,compile,threading"]
     sys.exit(bench.main(argv))

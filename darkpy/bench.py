@@ -45,7 +45,7 @@ import numpy as np
 from darkpy import kernels
 
 #: The sections ``--only`` selects from, in the order they run.
-SECTIONS = ("batchnorm", "conv", "gemm", "network", "train", "compile")
+SECTIONS = ("batchnorm", "conv", "gemm", "network", "train", "compile", "threading")
 #: Keys every row has.
 REQUIRED_KEYS = ("name", "shape", "impl", "threads", "median_ms")
 #: Batchnorm shapes (batch, c, h, w) of the issue.
@@ -961,14 +961,14 @@ def _parse_list(text, what, cast=str, choices=None):
 def run(ctx):
     """Run the selected sections into ``ctx.rows``; returns ctx."""
     network = None
-    if {"network", "train", "compile"} & ctx.only:
+    if {"network", "train", "compile", "threading"} & ctx.only:
         network = load_benchmark("bench_network")
         if network is None:
             ctx.note("benchmarks/bench_network.py is absent (installed package): no network rows")
     sections = {"batchnorm": batchnorm_section, "conv": conv_section, "gemm": gemm_section}
     if network is not None:
         sections.update(network=network.network_section, train=network.train_section,
-                        compile=network.compile_section)
+                        compile=network.compile_section, threading=network.threading_section)
     for name in SECTIONS:
         if name in ctx.only and name in sections:
             t0 = time.perf_counter()
