@@ -865,6 +865,71 @@ def attach_ratios(rows):
     return rows
 
 
+def _ofast_ratio(r):
+    """The row's ratio to the -Ofast darknet build (a build whose name says ofast), else to the fastest."""
+    for k, v in r.items():
+        if k.startswith("ratio_to_darknet_") and "ofast" in k:
+            return v, k[len("ratio_to_"):]
+    return r.get("ratio_to_darknet"), r.get("darknet_baseline")
+
+
+def issue_targets(rows, max_threads):
+    """Issue 9's "done when" limits, evaluated on this run's rows (those that were measured)."""
+    out = []
+
+    def find(name, shape=None, impl="fast", threads=1):
+        for r in rows:
+            if r["name"] == name and r["impl"] == impl and r["threads"] == threads and (
+                    shape is None or r["shape"] == shape):
+                return r
+        return None
+
+    bn = find("batchnorm train fwd+bwd", "8x64x52x52")
+    if bn is not None:
+        ratio, base = _ofast_ratio(bn)
+        if ratio is not None:
+            out.append({"target": f"batchnorm train fwd+bwd 8x64x52x52, 1 core: time / {base}",
+                        "value": ratio, "limit": 0.3})
+        out.append({"target": "batchnorm train fwd+bwd 8x64x52x52, 1 core: time / memory floor (DRAM)",
+                    "value": bn.get("time_over_floor"), "limit": 2.0})
+        if bn.get("time_over_cached_floor"):
+            out.append({"target": "  (same, against the cached copy bandwidth of its working set)",
+                        "value": bn["time_over_cached_floor"], "limit": 2.0})
+    fw = find("yolov3-tiny forward", threads=max_threads)
+    if fw is not None and fw.get("ratio_to_opencv") is not None:
+        out.append({"target": f"yolov3-tiny forward, {max_threads} cores: time / OpenCV dnn on {max_threads}",
+                    "value": fw["ratio_to_opencv"], "limit": 1.5})
+    fw1 = find("yolov3-tiny forward", threads=1)
+    if fw1 is not None:
+        ratio, base = _ofast_ratio(fw1)
+        if ratio is not None:
+            out.append({"target": f"yolov3-tiny forward, 1 core: time / {base}", "value": ratio, "limit": 0.15})
+        if fw1.get("ratio_to_opencv") is not None:
+            out.append({"target": "  (1 core: time / OpenCV dnn on 1; no limit set)",
+                        "value": fw1["ratio_to_opencv"], "limit": None})
+    for r in rows:
+        if r["name"].startswith("gemm conv") and " fwd " in r["name"] and r["impl"] == "fast" \
+                and r["threads"] == 1 and "pct_peak" in r:
+            out.append({"target": f"{r['name']}, 1 core: % of non-FMA peak (at least)",
+                        "value": r["pct_peak"], "limit": 50.0, "at_least": True})
+    for t in out:
+        v, lim = t["value"], t["limit"]
+        t["met"] = None if v is None or lim is None else (v >= lim if t.get("at_least") else v <= lim)
+    return out
+
+
+def format_targets(targets):
+    if not targets:
+        return ""
+    lines = ["Issue 9 targets (this run):"]
+    for t in targets:
+        status = "" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        limit = "" if t["limit"] is None else (f">= {t['limit']:g}" if t.get("at_least") else f"<= {t['limit']:g}")
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"  {t['target']:<78} {value:>8}  {limit:<8} {status}")
+    return "\n".join(lines)
+
+
 def _fmt(v, spec):
     return "" if v is None else format(v, spec)
 
@@ -1010,6 +1075,10 @@ def main(args):
         if ctx.comparisons:
             print()
             print(format_comparisons(ctx.comparisons))
+        targets = issue_targets(ctx.rows, ctx.max_threads)
+        if targets:
+            print()
+            print(format_targets(targets))
         for n in ctx.notes:
             print(f"note: {n}")
         if args.json:
@@ -1017,7 +1086,7 @@ def main(args):
             if path.parent and not path.parent.exists():
                 path.parent.mkdir(parents=True)
             path.write_text(json.dumps({"machine": m, "rows": ctx.rows, "comparisons": ctx.comparisons,
-                                        "notes": ctx.notes}, indent=1, default=_json_default) + "\n")
+                                        "targets": targets, "notes": ctx.notes}, indent=1, default=_json_default) + "\n")
             print(f"wrote {path}")
     finally:
         ctx.close()

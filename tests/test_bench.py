@@ -74,6 +74,31 @@ def test_attach_ratios():
     assert "ratio_to_darknet" not in rows[-1]  # another (name, shape): no baseline
 
 
+def test_issue_targets():
+    rows = [
+        {"name": "batchnorm train fwd+bwd", "shape": "8x64x52x52", "impl": "fast", "threads": 1, "median_ms": 3.0,
+         "floor_ms": 2.0},
+        {"name": "batchnorm train fwd+bwd", "shape": "8x64x52x52", "impl": "darknet-strict", "threads": 1,
+         "median_ms": 10.0},
+        {"name": "batchnorm train fwd+bwd", "shape": "8x64x52x52", "impl": "darknet-ofast", "threads": 1,
+         "median_ms": 12.0},
+        {"name": "yolov3-tiny forward", "shape": "y", "impl": "fast", "threads": 2, "median_ms": 60.0},
+        {"name": "yolov3-tiny forward", "shape": "y", "impl": "opencv-4.14.0", "threads": 2, "median_ms": 44.0},
+        {"name": "gemm conv8 fwd 256x1152x676", "shape": "g", "impl": "fast", "threads": 1, "median_ms": 1.0,
+         "pct_peak": 49.0},
+    ]
+    targets = {t["target"]: t for t in bench.issue_targets(attach_ratios(rows), 2)}
+    bn = targets["batchnorm train fwd+bwd 8x64x52x52, 1 core: time / darknet_ofast"]
+    assert bn["value"] == pytest.approx(0.25) and bn["met"]  # against -Ofast, even when it is not the fastest
+    floor = targets["batchnorm train fwd+bwd 8x64x52x52, 1 core: time / memory floor (DRAM)"]
+    assert floor["value"] == pytest.approx(1.5) and floor["met"]
+    fw = targets["yolov3-tiny forward, 2 cores: time / OpenCV dnn on 2"]
+    assert fw["value"] == pytest.approx(60 / 44) and fw["met"]
+    g = targets["gemm conv8 fwd 256x1152x676, 1 core: % of non-FMA peak (at least)"]
+    assert g["met"] is False
+    assert not [t for t in targets if t.startswith("yolov3-tiny forward, 1 core")]  # not measured
+
+
 def test_batchnorm_section_rows(ctx):
     bench.batchnorm_section(ctx, shapes=[(2, 3, 4, 5)])
     attach_ratios(ctx.rows)
