@@ -21,6 +21,29 @@ class DarkpyError(Exception):
         self.layer = layer
         super().__init__(self._render())
 
+    def locate(self, *, path=None, line=None, section=None, layer=None):
+        """Fill in whichever of ``path``, ``line``, ``section``, ``layer`` is still unknown; returns self.
+
+        For a caller that knows where a lower-level error happened (the network
+        builder knows the section a ``make_*_layer`` was building)::
+
+            except DarkpyError as e:
+                raise e.locate(path=section.path, line=section.line, section=section.header,
+                               layer=index)
+
+        A location the error already has is kept.
+        """
+        if self.path is None and path is not None:
+            self.path = str(path)
+        if self.line is None:
+            self.line = line
+        if self.section is None:
+            self.section = section
+        if self.layer is None:
+            self.layer = layer
+        self.args = (self._render(),)
+        return self
+
     def _render(self):
         where = []
         if self.path is not None:

@@ -753,3 +753,15 @@ def test_every_error_class_is_a_darkpy_error():
         assert issubclass(exc, DarkpyError)
     assert issubclass(ShapeError, CfgError) and issubclass(MemoryLimitError, CfgError)
     assert issubclass(DarkpyWarning, UserWarning)
+
+
+def test_locate_fills_in_only_the_missing_location():
+    e = ShapeError("batchnorm: w must be at least 1, got 0")
+    assert str(e) == "batchnorm: w must be at least 1, got 0"
+    assert e.locate(path="t.cfg", line=8, section="batchnorm", layer=1) is e
+    assert str(e) == "t.cfg:8 [batchnorm] layer 1: batchnorm: w must be at least 1, got 0"
+    e = CfgError("bad", path="a.cfg", line=3)
+    e.locate(path="b.cfg", line=9, layer=2)
+    assert str(e) == "a.cfg:3 layer 2: bad" and (e.path, e.line, e.layer) == ("a.cfg", 3, 2)
+    with pytest.raises(ShapeError, match=r"^t\.cfg:8 \[batchnorm\] layer 1: w$"):
+        raise ShapeError("w").locate(path="t.cfg", line=8, section="batchnorm", layer=1)
