@@ -1,8 +1,16 @@
-"""Shared test fixtures: where the golden dumps and darknet's cfg files are."""
+"""Shared test fixtures and helpers: where the golden dumps and darknet's cfg files are, the
+kernel-implementation fixture, bit comparisons, cfg snippets and float64 gradient checks.
 
+Test files import the helpers by name (``from conftest import bits, rng_for``).
+"""
+
+import math
 import os
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 TESTS = Path(__file__).resolve().parent
@@ -24,3 +32,97 @@ def shared_path(*parts):
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared not beside this checkout)")
     return path
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+@pytest.fixture(params=["fast", "reference"])
+def impl(request):
+    """Run a test once with each kernel implementation (``darkpy.kernels.use``), then restore."""
+    from darkpy import kernels
+    before = kernels.active()
+    kernels.use(request.param)
+    yield request.param
+    kernels.use(before)
+
+
+def bits(a):
+    """The IEEE bit patterns of ``a`` as float32 (uint32 words): compare these, never values."""
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+def from_hex(words):
+    """float32 values from space-separated hex words (tensors printed by darknet itself)."""
+    return np.array([int(w, 16) for w in words.split()], np.uint32).view(np.float32)
+
+
+def rng_for(*key):
+    """A generator seeded by the test's parameters (stable across runs, unlike hash())."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def layer_section(text, index=1):
+    """The layer section of a cfg snippet, numbered as layer ``index`` (as ``image_params``)."""
+    from darkpy.description import parse_cfg_text
+    sec = parse_cfg_text("[net]\nbatch=1\nwidth=1\nheight=1\nchannels=1\n" + text).layers[0]
+    sec.index = index
+    return sec
+
+
+def image_params(batch, c, h, w, index=1, layers=()):
+    """``SizeParams`` for a layer fed by a ``batch`` x c x h x w image."""
+    from darkpy.network import SizeParams
+    return SizeParams(batch=batch, inputs=c * h * w, h=h, w=w, c=c, index=index, time_steps=1,
+                      net=SimpleNamespace(layers=list(layers)))
+
+
+def central_gradient(f, z, eps=1e-6):
+    """float64 central differences of the scalar ``f`` at ``z``, one coordinate at a time."""
+    z = np.asarray(z, np.float64)
+    g = np.zeros_like(z)
+    for k in range(z.size):
+        zp, zm = z.copy(), z.copy()
+        zp[k] += eps
+        zm[k] -= eps
+        g[k] = (f(zp) - f(zm)) / (2 * eps)
+    return g
+
+
+def assert_gradient(f64_forward, x, g, analytic, eps=1e-3, rtol=1e-4, atol=1e-5):
+    """A backward pass checked against float64 central differences of ``sum(g * forward(x))``."""
+    g = np.asarray(g, np.float64)
+    numeric = central_gradient(lambda v: np.dot(g, f64_forward(v)), x, eps)
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
+
+
+# float64 maths of the detection layers (yolo, region), independent of darknet's loops
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def bce(t, z):
+    """Binary cross-entropy of sigmoid(z) against target t, written stably in float64."""
+    return np.logaddexp(0.0, z) - t * z
+
+
+def iou64(a, b):
+    """Intersection over union of two (x, y, w, h) centre boxes in float64."""
+    ix = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    iy = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    inter = ix * iy if ix > 0 and iy > 0 else 0.0
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def emulated_softmax(x, temp=np.float32(1)):
+    """C's softmax in numpy float32 scalars: float quotients, double exp, float sum and division."""
+    f32 = np.float32
+    largest = f32(-np.finfo(np.float32).max)
+    for v in x:
+        if v > largest:
+            largest = v
+    e = [f32(math.exp(float(v / temp - largest / temp))) for v in x]
+    total = f32(0)
+    for v in e:
+        total = f32(total + v)
+    return np.array([v / total for v in e], np.float32)

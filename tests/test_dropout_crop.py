@@ -1,28 +1,18 @@
 """[dropout] and [crop]: C rand() draws in darknet's order, numpy formulations, gradients."""
 
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from conftest import image_params, layer_section, rng_for
 from darkpy import crand, kernels
 from darkpy.check import bitwise_equal
-from darkpy.description import parse_cfg_text
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import pooling as fast
 from darkpy.kernels.reference import pooling as ref
 from darkpy.layer import Layer
 from darkpy.layers import crop, dropout
-from darkpy.network import SizeParams
-
-
-@pytest.fixture(params=["fast", "reference"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
 
 
 @pytest.fixture
@@ -37,21 +27,6 @@ def seeded():
     crand.STATE[:] = saved
 
 
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def section(text, index=1):
-    sec = parse_cfg_text("[net]\nbatch=1\nwidth=1\nheight=1\nchannels=1\n" + text).layers[0]
-    sec.index = index
-    return sec
-
-
-def params_for(batch, c, h, w, index=1):
-    return SizeParams(batch=batch, inputs=c * h * w, h=h, w=w, c=c, index=index, time_steps=1,
-                      net=SimpleNamespace(layers=[]))
-
-
 def raw_draws(state, n):
     return np.array([crand.rand_r(state) for _ in range(n)], np.int64)
 
@@ -64,26 +39,26 @@ def np_uniform01(raw):
 # --------------------------------------------------------------------- dropout
 
 def test_parse_dropout():
-    l = dropout.parse(section("[dropout]\n"), params_for(2, 3, 4, 5))
+    l = dropout.parse(layer_section("[dropout]\n"), image_params(2, 3, 4, 5))
     assert (l.probability, l.scale, l.inputs, l.outputs, l.batch) == (.5, 2, 60, 60, 2)
     assert (l.out_c, l.out_h, l.out_w) == (3, 4, 5)
     assert l.output is None and l.delta is None and l.rand.size == 120 and l.update is None
     # .15: 1./(1.-p) in double (darknet) and 1.f/(1.f-p) in float round differently
-    l = dropout.parse(section("[dropout]\nprobability=.15\n"), params_for(1, 3, 4, 5))
+    l = dropout.parse(layer_section("[dropout]\nprobability=.15\n"), image_params(1, 3, 4, 5))
     p = np.float32(.15)
     assert l.probability == p and l.probability.dtype == np.float32
     assert l.scale.dtype == np.float32 and l.scale == np.float32(1. / (1. - float(p)))
     assert l.scale != np.float32(1) / (np.float32(1) - p)
     with pytest.raises(CfgError):
-        dropout.parse(section("[dropout]\nprobability=1\n"), params_for(1, 3, 4, 5))
+        dropout.parse(layer_section("[dropout]\nprobability=1\n"), image_params(1, 3, 4, 5))
     with pytest.raises(CfgError) as e:
-        dropout.parse(section("[dropout]\n", index=0), params_for(1, 3, 4, 5, index=0))
+        dropout.parse(layer_section("[dropout]\n", index=0), image_params(1, 3, 4, 5, index=0))
     assert e.value.layer == 0
 
 
 def test_dropout_inference_is_identity_and_draws_nothing(impl, seeded):
     seeded(7)
-    l = dropout.parse(section("[dropout]\nprobability=.4\n"), params_for(2, 2, 3, 3))
+    l = dropout.parse(layer_section("[dropout]\nprobability=.4\n"), image_params(2, 2, 3, 3))
     x = rng_for("do-inf").standard_normal(36).astype(np.float32)
     before, state = x.copy(), crand.STATE.copy()
     l.forward(l, SimpleNamespace(input=x, train=0))
@@ -100,7 +75,7 @@ def test_dropout_training_against_numpy(impl, seeded, probability):
     prev.output = rng.standard_normal(batch * c * h * w).astype(np.float32)
     prev.output[::11] = -0.0
     prev.delta = rng.standard_normal(prev.output.size).astype(np.float32)
-    l = dropout.parse(section(f"[dropout]\nprobability={probability}\n"), params_for(batch, c, h, w))
+    l = dropout.parse(layer_section(f"[dropout]\nprobability={probability}\n"), image_params(batch, c, h, w))
     l.output, l.delta = prev.output, prev.delta
     x0, d0 = prev.output.copy(), prev.delta.copy()
     net = SimpleNamespace(input=prev.output, delta=prev.delta, train=1)
@@ -161,18 +136,18 @@ def test_dropout_kernels_fast_equals_reference():
 # --------------------------------------------------------------------- crop
 
 def test_parse_crop():
-    l = crop.parse(section("[crop]\ncrop_height=3\ncrop_width=4\nflip=1\nangle=7\nnoadjust=1\nshift=.2\n"),
-                   params_for(2, 3, 7, 6))
+    l = crop.parse(layer_section("[crop]\ncrop_height=3\ncrop_width=4\nflip=1\nangle=7\nnoadjust=1\nshift=.2\n"),
+                   image_params(2, 3, 7, 6))
     assert (l.out_h, l.out_w, l.out_c, l.outputs, l.inputs, l.flip, l.noadjust) == (3, 4, 3, 36, 126, 1, 1)
     assert l.scale == np.float32(3) / np.float32(7) and l.scale.dtype == np.float32
     assert (l.angle, l.saturation, l.exposure, l.shift) == (7, 1, 1, np.float32(.2))
     assert l.delta is None and l.output.size == 72 and l.update is None
-    l = crop.parse(section("[crop]\n"), params_for(1, 3, 7, 6))
+    l = crop.parse(layer_section("[crop]\n"), image_params(1, 3, 7, 6))
     assert (l.out_h, l.out_w, l.flip, l.noadjust) == (1, 1, 0, 0)
     with pytest.raises(CfgError):
-        crop.parse(section("[crop]\ncrop_height=8\n"), params_for(1, 3, 7, 6))
+        crop.parse(layer_section("[crop]\ncrop_height=8\n"), image_params(1, 3, 7, 6))
     with pytest.raises(ShapeError):
-        crop.parse(section("[crop]\n"), params_for(1, 0, 0, 0))
+        crop.parse(layer_section("[crop]\n"), image_params(1, 0, 0, 0))
 
 
 def np_crop(x, batch, c, h, w, oh, ow, dh, dw, flip, scale, trans):
@@ -187,8 +162,8 @@ def np_crop(x, batch, c, h, w, oh, ow, dh, dw, flip, scale, trans):
 def test_crop_forward_against_numpy(impl, seeded, train, flip, noadjust):
     batch, c, h, w, oh, ow = 2, 3, 9, 8, 5, 4
     twin = seeded(1234 + 2 * flip + train)
-    l = crop.parse(section(f"[crop]\ncrop_height={oh}\ncrop_width={ow}\nflip={flip}\nnoadjust={noadjust}\n"),
-                   params_for(batch, c, h, w))
+    l = crop.parse(layer_section(f"[crop]\ncrop_height={oh}\ncrop_width={ow}\nflip={flip}\nnoadjust={noadjust}\n"),
+                   image_params(batch, c, h, w))
     x = rng_for("crop", train, flip).standard_normal(batch * c * h * w).astype(np.float32)
     x[::5] = -0.0
     l.forward(l, SimpleNamespace(input=x, train=train))
@@ -215,7 +190,7 @@ def test_crop_kernels_fast_equals_reference():
 
 
 def test_crop_backward_does_nothing():
-    l = crop.parse(section("[crop]\ncrop_height=2\ncrop_width=2\n"), params_for(1, 1, 3, 3))
+    l = crop.parse(layer_section("[crop]\ncrop_height=2\ncrop_width=2\n"), image_params(1, 1, 3, 3))
     delta = np.arange(9, dtype=np.float32)
     l.backward(l, SimpleNamespace(delta=delta))
     assert bitwise_equal(delta, np.arange(9, dtype=np.float32))

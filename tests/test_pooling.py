@@ -1,47 +1,20 @@
 """[maxpool] and [avgpool]: kernels (fast == reference), layers against numpy, gradients, golden dumps."""
 
-import json
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import GOLDEN
-from darkpy import kernels
+from conftest import GOLDEN, assert_gradient, image_params, layer_section, rng_for
 from darkpy.check import bitwise_equal
-from darkpy.description import parse_cfg_text
+from darkpy.description import load
+from darkpy.dump import read_case
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import pooling as fast
 from darkpy.kernels.reference import pooling as ref
 from darkpy.layers import avgpool, maxpool
-from darkpy.network import SizeParams
 
 FLT_MAX = np.float32(np.finfo(np.float32).max)
-
-
-@pytest.fixture(params=["fast", "reference"])
-def impl(request):
-    """Run a layer test with each kernel implementation."""
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
-
-
-def rng_for(*key):
-    """A generator seeded by the test's parameters (stable across runs, unlike hash())."""
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def section(text):
-    """The first layer section of a cfg snippet."""
-    return parse_cfg_text("[net]\nbatch=1\nwidth=1\nheight=1\nchannels=1\n" + text).layers[0]
-
-
-def params_for(batch, c, h, w, index=1, layers=()):
-    return SizeParams(batch=batch, inputs=c * h * w, h=h, w=w, c=c, index=index, time_steps=1,
-                      net=SimpleNamespace(layers=list(layers)))
 
 
 # --------------------------------------------------------------------- numpy formulations
@@ -82,20 +55,6 @@ def np_avgpool(x, batch, c, h, w):
     for i in range(h * w):
         out = out + X[:, i]
     return out / x.dtype.type(h * w)
-
-
-def grad_check(f64_forward, x, g, analytic, eps=1e-3, rtol=1e-4, atol=1e-5):
-    """float64 central differences of sum(g * forward(x)) against ``analytic``."""
-    x = x.astype(np.float64)
-    g = g.astype(np.float64)
-    numeric = np.empty_like(x)
-    for k in range(x.size):
-        xp = x.copy()
-        xm = x.copy()
-        xp[k] += eps
-        xm[k] -= eps
-        numeric[k] = (np.dot(g, f64_forward(xp)) - np.dot(g, f64_forward(xm))) / (2 * eps)
-    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
 
 
 # --------------------------------------------------------------------- kernels: fast == reference
@@ -163,14 +122,14 @@ def test_avgpool_fast_equals_reference(shape, values):
 # --------------------------------------------------------------------- maxpool layer
 
 def test_parse_maxpool_defaults():
-    p = params_for(2, 3, 13, 13)
-    l = maxpool.parse(section("[maxpool]\nsize=2\nstride=1\n"), p)   # yolov3-tiny's 13x13 layer
+    p = image_params(2, 3, 13, 13)
+    l = maxpool.parse(layer_section("[maxpool]\nsize=2\nstride=1\n"), p)   # yolov3-tiny's 13x13 layer
     assert (l.size, l.stride, l.pad, l.out_w, l.out_h, l.out_c) == (2, 1, 1, 13, 13, 3)
-    l = maxpool.parse(section("[maxpool]\nstride=2\n"), p)            # size defaults to stride
+    l = maxpool.parse(layer_section("[maxpool]\nstride=2\n"), p)            # size defaults to stride
     assert (l.size, l.stride, l.pad, l.out_w) == (2, 2, 1, 7)
-    l = maxpool.parse(section("[maxpool]\n"), p)                      # stride 1, size 1, pad 0
+    l = maxpool.parse(layer_section("[maxpool]\n"), p)                      # stride 1, size 1, pad 0
     assert (l.size, l.stride, l.pad, l.out_w) == (1, 1, 0, 13)
-    l = maxpool.parse(section("[maxpool]\nsize=3\nstride=2\npadding=0\n"), p)
+    l = maxpool.parse(layer_section("[maxpool]\nsize=3\nstride=2\npadding=0\n"), p)
     assert (l.pad, l.out_w, l.outputs, l.inputs) == (0, 6, 3 * 36, 3 * 169)
     assert l.indexes.dtype == np.int32 and l.indexes.size == l.output.size == l.delta.size == 2 * 108
     assert l.update is None and l.type == "maxpool"
@@ -180,13 +139,13 @@ def test_parse_maxpool_defaults():
                                          ("[maxpool]\nsize=9\nstride=1\npadding=0\n", ShapeError)])
 def test_parse_maxpool_refuses(text, error):
     with pytest.raises(error) as e:
-        maxpool.parse(section(text), params_for(1, 2, 4, 4))
+        maxpool.parse(layer_section(text), image_params(1, 2, 4, 4))
     assert e.value.layer == 1
 
 
 def test_parse_maxpool_needs_image():
     with pytest.raises(ShapeError):
-        maxpool.parse(section("[maxpool]\n"), params_for(1, 0, 0, 0))
+        maxpool.parse(layer_section("[maxpool]\n"), image_params(1, 0, 0, 0))
 
 
 @pytest.mark.parametrize("shape", MAXPOOL_SHAPES[:6])
@@ -222,7 +181,7 @@ def test_maxpool_gradient(shape):
     g = rng.standard_normal(l.outputs * batch).astype(np.float32)
     l.delta[:] = g
     l.backward(l, net)
-    grad_check(lambda v: np_maxpool(v, batch, c, h, w, size, stride, pad)[0], x, g, net.delta)
+    assert_gradient(lambda v: np_maxpool(v, batch, c, h, w, size, stride, pad)[0], x, g, net.delta)
 
 
 def test_maxpool_backward_without_net_delta():
@@ -233,11 +192,11 @@ def test_maxpool_backward_without_net_delta():
 # --------------------------------------------------------------------- avgpool layer
 
 def test_parse_avgpool():
-    l = avgpool.parse(section("[avgpool]\n"), params_for(3, 5, 4, 6))
+    l = avgpool.parse(layer_section("[avgpool]\n"), image_params(3, 5, 4, 6))
     assert (l.out_w, l.out_h, l.out_c, l.outputs, l.inputs, l.w, l.h) == (1, 1, 5, 5, 120, 6, 4)
     assert l.output.size == l.delta.size == 15 and l.update is None
     with pytest.raises(ShapeError):
-        avgpool.parse(section("[avgpool]\n"), params_for(1, 5, 0, 0))
+        avgpool.parse(layer_section("[avgpool]\n"), image_params(1, 5, 0, 0))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 4, 13, 13), (2, 1, 1, 1)])
@@ -265,29 +224,19 @@ def test_avgpool_gradient():
     g = rng.standard_normal(batch * c).astype(np.float32)
     l.delta[:] = g
     l.backward(l, net)
-    grad_check(lambda v: np_avgpool(v, batch, c, h, w), x, g, net.delta)
+    assert_gradient(lambda v: np_avgpool(v, batch, c, h, w), x, g, net.delta)
 
 
 # --------------------------------------------------------------------- golden network dumps
 
-def golden(case):
-    d = GOLDEN / case
-    meta = json.loads((d / "case.json").read_text())
-    shapes = {t["name"]: t["shape"] for t in meta["tensors"]}
-
-    def get(name):
-        return np.fromfile(d / f"{name}.f32", "<f4")
-    return d, meta, shapes, get
-
-
 def golden_layer(case, i, module, prefix=""):
-    """Parse layer ``i`` of a golden case's cfg with its predecessor's golden output shape."""
-    from darkpy.description import load
-    d, meta, shapes, get = golden(case)
-    sec = load(d / "network.cfg").layers[i]
-    b, c, h, w = shapes[f"{prefix}layer{i - 1:02d}_output"]
-    l = module.parse(sec, params_for(b, c, h, w, index=i))
-    return l, get
+    """Parse layer ``i`` of a golden case's cfg with its predecessor's golden output shape;
+    also return the case's flat tensor loader."""
+    case = read_case(GOLDEN / case)
+    sec = load(case.path / "network.cfg").layers[i]
+    b, c, h, w = case.entry(f"{prefix}layer{i - 1:02d}_output").shape
+    l = module.parse(sec, image_params(b, c, h, w, index=i))
+    return l, case.flat
 
 
 MAXPOOLS = [("net-yolo-mini", 1), ("net-yolo-mini", 3), ("net-yolo-mini", 5), ("net-tiny64", 1),

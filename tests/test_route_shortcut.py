@@ -1,16 +1,14 @@
 """[route] and [shortcut]: parsing, forward/backward against numpy, gradients, golden dumps."""
 
-import json
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import GOLDEN
-from darkpy import kernels
+from conftest import GOLDEN, assert_gradient, layer_section, rng_for
 from darkpy.check import bitwise_equal
-from darkpy.description import load, parse_cfg_text
+from darkpy.description import load
+from darkpy.dump import read_case
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels.activations import LEAKY, LINEAR
 from darkpy.layer import Layer
@@ -18,23 +16,9 @@ from darkpy.layers import route, shortcut
 from darkpy.network import SizeParams
 
 
-@pytest.fixture(params=["fast", "reference"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
 def section(text, index=3):
-    """The layer section of a cfg snippet, numbered as layer ``index``."""
-    sec = parse_cfg_text("[net]\nbatch=1\nwidth=1\nheight=1\nchannels=1\n" + text).layers[0]
-    sec.index = index
-    return sec
+    """The layer section of a cfg snippet, numbered as layer ``index`` (after the stand-ins)."""
+    return layer_section(text, index)
 
 
 def image_layer(batch, c, h, w, rng=None):
@@ -51,18 +35,6 @@ def params_for(layers, index=None):
     return SizeParams(batch=last.batch, inputs=last.outputs, h=last.out_h, w=last.out_w, c=last.out_c,
                       index=len(layers) if index is None else index, time_steps=1,
                       net=SimpleNamespace(layers=list(layers)))
-
-
-def grad_check(f64_forward, x, g, analytic, eps=1e-3):
-    x = x.astype(np.float64)
-    g = g.astype(np.float64)
-    numeric = np.empty_like(x)
-    for k in range(x.size):
-        xp, xm = x.copy(), x.copy()
-        xp[k] += eps
-        xm[k] -= eps
-        numeric[k] = (np.dot(g, f64_forward(xp)) - np.dot(g, f64_forward(xm))) / (2 * eps)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------- route
@@ -128,7 +100,7 @@ def test_route_gradient():
 
     def f(v):
         return np_route([v[:n1], v[n1:]], batch)
-    grad_check(f, x, g, np.concatenate([layers[1].delta, layers[0].delta]))
+    assert_gradient(f, x, g, np.concatenate([layers[1].delta, layers[0].delta]))
 
 
 # --------------------------------------------------------------------- shortcut
@@ -229,7 +201,7 @@ def test_shortcut_gradient(shapes):
         pre = np_shortcut(v[:n], v[n:], batch, w2, h2, c2, w, h, c, alpha, 2.)
         return np.where(pre > 0, pre, .1 * pre)
     # a tiny step: leaky is piecewise linear, so only a kink within eps of a value could disturb it
-    grad_check(f, np.concatenate([prev.output, frm.output]), g, np.concatenate([net.delta, frm.delta]),
+    assert_gradient(f, np.concatenate([prev.output, frm.output]), g, np.concatenate([net.delta, frm.delta]),
                eps=1e-6)
 
 
@@ -245,20 +217,16 @@ def test_shortcut_refuses_overwritten_index():
 
 def golden(case, prefix=""):
     """The cfg sections and stand-in layers (golden outputs and deltas) of a golden network case."""
-    d = GOLDEN / case
-    meta = json.loads((d / "case.json").read_text())
-    shapes = {t["name"]: t["shape"] for t in meta["tensors"]}
-
-    def get(name):
-        return np.fromfile(d / f"{name}.f32", "<f4")
+    case = read_case(GOLDEN / case)
     layers = []
-    for i in range(meta["params"]["layers"]):
-        b, c, h, w = shapes[f"{prefix}layer{i:02d}_output"]
+    for i in range(case.params["layers"]):
+        name = f"{prefix}layer{i:02d}_output"
+        b, c, h, w = case.entry(name).shape
         l = Layer("stand-in", batch=b, out_c=c, out_h=h, out_w=w, outputs=c * h * w)
-        l.output = get(f"{prefix}layer{i:02d}_output")
+        l.output = case.flat(name)
         l.delta = np.zeros_like(l.output)
         layers.append(l)
-    return load(d / "network.cfg").layers, layers, get
+    return load(case.path / "network.cfg").layers, layers, case.flat
 
 
 ROUTES = [("net-yolo-mini", 11), ("net-yolo-mini", 14), ("net-tiny64", 13), ("net-tiny64", 16)]

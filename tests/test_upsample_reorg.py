@@ -1,58 +1,20 @@
 """[upsample] (and its downsampling mode) and [reorg]: numpy formulations, gradients, golden dumps."""
 
-import json
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import GOLDEN
-from darkpy import kernels
+from conftest import GOLDEN, assert_gradient, image_params, layer_section, rng_for
 from darkpy.check import bitwise_equal
-from darkpy.description import load, parse_cfg_text
+from darkpy.description import load
+from darkpy.dump import read_case
 from darkpy.errors import CfgError, ShapeError
 from darkpy.layers import reorg, upsample
-from darkpy.network import SizeParams
-
-
-@pytest.fixture(params=["fast", "reference"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def section(text, index=1):
-    sec = parse_cfg_text("[net]\nbatch=1\nwidth=1\nheight=1\nchannels=1\n" + text).layers[0]
-    sec.index = index
-    return sec
-
-
-def params_for(batch, c, h, w, index=1):
-    return SizeParams(batch=batch, inputs=c * h * w, h=h, w=w, c=c, index=index, time_steps=1,
-                      net=SimpleNamespace(layers=[]))
 
 
 def randn(rng, n):
     return rng.standard_normal(n).astype(np.float32)
-
-
-def grad_check(f64_forward, x, g, analytic, eps=1e-3):
-    x = x.astype(np.float64)
-    g = g.astype(np.float64)
-    numeric = np.empty_like(x)
-    for k in range(x.size):
-        xp, xm = x.copy(), x.copy()
-        xp[k] += eps
-        xm[k] -= eps
-        numeric[k] = (np.dot(g, f64_forward(xp)) - np.dot(g, f64_forward(xm))) / (2 * eps)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------- upsample
@@ -73,16 +35,16 @@ def np_block_sum(acc, big, batch, c, oh, ow, s, scale):
 
 
 def test_parse_upsample():
-    l = upsample.parse(section("[upsample]\n"), params_for(2, 3, 4, 5))
+    l = upsample.parse(layer_section("[upsample]\n"), image_params(2, 3, 4, 5))
     assert (l.stride, l.reverse, l.scale, l.out_w, l.out_h, l.out_c) == (2, 0, 1, 10, 8, 3)
     assert (l.outputs, l.inputs, l.output.size, l.delta.size) == (240, 60, 480, 480)
     assert l.scale.dtype == np.float32 and l.update is None
-    l = upsample.parse(section("[upsample]\nstride=-2\nscale=.5\n"), params_for(2, 3, 5, 7))
+    l = upsample.parse(layer_section("[upsample]\nstride=-2\nscale=.5\n"), image_params(2, 3, 5, 7))
     assert (l.stride, l.reverse, l.scale, l.out_w, l.out_h, l.outputs) == (2, 1, .5, 3, 2, 18)
     with pytest.raises(CfgError):
-        upsample.parse(section("[upsample]\nstride=0\n"), params_for(1, 3, 4, 4))
+        upsample.parse(layer_section("[upsample]\nstride=0\n"), image_params(1, 3, 4, 4))
     with pytest.raises(ShapeError) as e:
-        upsample.parse(section("[upsample]\nstride=-8\n"), params_for(1, 3, 4, 4))
+        upsample.parse(layer_section("[upsample]\nstride=-8\n"), image_params(1, 3, 4, 4))
     assert e.value.layer == 1
 
 
@@ -90,7 +52,7 @@ def test_parse_upsample():
 def test_upsample_against_numpy(impl, shape):
     batch, c, h, w, s = shape
     rng = rng_for("up", shape)
-    l = upsample.parse(section(f"[upsample]\nstride={s}\nscale=0.7\n"), params_for(batch, c, h, w))
+    l = upsample.parse(layer_section(f"[upsample]\nstride={s}\nscale=0.7\n"), image_params(batch, c, h, w))
     scale = np.float32(.7)
     x = randn(rng, batch * c * h * w)
     net = SimpleNamespace(input=x, delta=randn(rng, x.size), train=1, index=1)
@@ -109,7 +71,7 @@ def test_downsample_against_numpy(impl, shape):
     # were (out_h*stride) x (out_w*stride): the numpy formulation reads it the same way
     batch, c, h, w, s = shape
     rng = rng_for("down", shape)
-    l = upsample.parse(section(f"[upsample]\nstride={-s}\nscale=1.5\n"), params_for(batch, c, h, w))
+    l = upsample.parse(layer_section(f"[upsample]\nstride={-s}\nscale=1.5\n"), image_params(batch, c, h, w))
     oh, ow = h // s, w // s
     scale = np.float32(1.5)
     x = randn(rng, batch * c * h * w)
@@ -130,7 +92,7 @@ def test_downsample_against_numpy(impl, shape):
 def test_upsample_gradient(stride):
     batch, c, h, w = 2, 2, 6, 6
     rng = rng_for("up-grad", stride)
-    l = upsample.parse(section(f"[upsample]\nstride={stride}\nscale=0.5\n"), params_for(batch, c, h, w))
+    l = upsample.parse(layer_section(f"[upsample]\nstride={stride}\nscale=0.5\n"), image_params(batch, c, h, w))
     x = randn(rng, batch * c * h * w)
     net = SimpleNamespace(input=x, delta=np.zeros_like(x), train=1, index=1)
     l.forward(l, net)
@@ -144,7 +106,7 @@ def test_upsample_gradient(stride):
     else:
         def f(v):
             return np_block_sum(np.zeros(l.outputs * batch), v, batch, c, h // s, w // s, s, .5)
-    grad_check(f, x, g, net.delta)
+    assert_gradient(f, x, g, net.delta)
 
 
 # --------------------------------------------------------------------- reorg
@@ -170,14 +132,14 @@ def np_flatten(x, batch, c, spatial, forward):
 
 
 def test_parse_reorg():
-    l = reorg.parse(section("[reorg]\nstride=2\n"), params_for(2, 8, 4, 6))
+    l = reorg.parse(layer_section("[reorg]\nstride=2\n"), image_params(2, 8, 4, 6))
     assert (l.out_w, l.out_h, l.out_c, l.outputs, l.inputs, l.reverse) == (3, 2, 32, 192, 192, 0)
-    l = reorg.parse(section("[reorg]\nstride=2\nreverse=1\n"), params_for(2, 8, 4, 6))
+    l = reorg.parse(layer_section("[reorg]\nstride=2\nreverse=1\n"), image_params(2, 8, 4, 6))
     assert (l.out_w, l.out_h, l.out_c, l.outputs) == (12, 8, 2, 192)
-    l = reorg.parse(section("[reorg]\nextra=5\n"), params_for(2, 8, 4, 6))
+    l = reorg.parse(layer_section("[reorg]\nextra=5\n"), image_params(2, 8, 4, 6))
     assert (l.out_w, l.out_h, l.out_c, l.outputs, l.inputs) == (0, 0, 0, 197, 192)
     assert l.output.size == l.delta.size == 394 and l.update is None
-    l = reorg.parse(section("[reorg]\nflatten=1\n"), params_for(2, 8, 4, 6))
+    l = reorg.parse(layer_section("[reorg]\nflatten=1\n"), image_params(2, 8, 4, 6))
     assert (l.stride, l.flatten, l.outputs) == (1, 1, 192)
 
 
@@ -186,7 +148,7 @@ def test_parse_reorg():
     ("[reorg]\nstride=2\n", (8, 5, 4), ShapeError), ("[reorg]\nstride=2\nreverse=1\n", (2, 4, 4), ShapeError)])
 def test_parse_reorg_refuses(text, shape, error):
     with pytest.raises(error) as e:
-        reorg.parse(section(text), params_for(1, *shape))
+        reorg.parse(layer_section(text), image_params(1, *shape))
     assert e.value.layer == 1
 
 
@@ -214,7 +176,7 @@ def test_reorg_against_numpy(impl, text, shape):
     batch = 2
     c, h, w = shape
     rng = rng_for("reorg", text, shape)
-    l = reorg.parse(section(f"[reorg]\n{text}\n"), params_for(batch, c, h, w))
+    l = reorg.parse(layer_section(f"[reorg]\n{text}\n"), image_params(batch, c, h, w))
     x = randn(rng, batch * c * h * w)
     net = SimpleNamespace(input=x, delta=randn(rng, x.size), train=1, index=1)
     l.forward(l, net)
@@ -238,14 +200,14 @@ def test_reorg_gradient(text, shape):
     batch = 1
     c, h, w = shape
     rng = rng_for("reorg-grad", text, shape)
-    l = reorg.parse(section(f"[reorg]\n{text}\n"), params_for(batch, c, h, w))
+    l = reorg.parse(layer_section(f"[reorg]\n{text}\n"), image_params(batch, c, h, w))
     x = randn(rng, batch * c * h * w)
     net = SimpleNamespace(input=x, delta=np.zeros_like(x), train=1, index=1)
     l.forward(l, net)
     g = randn(rng, l.delta.size)
     l.delta[:] = g
     l.backward(l, net)
-    grad_check(lambda v: np_reorg_forward(l, v, batch), x, g, net.delta)
+    assert_gradient(lambda v: np_reorg_forward(l, v, batch), x, g, net.delta)
 
 
 # --------------------------------------------------------------------- golden network dumps
@@ -253,10 +215,9 @@ def test_reorg_gradient(text, shape):
 @pytest.mark.parametrize("prefix", ["infer_", ""])
 @pytest.mark.parametrize("case, i", [("net-yolo-mini", 13), ("net-tiny64", 15)])
 def test_upsample_golden_forward(impl, case, i, prefix):
-    d = GOLDEN / case
-    shapes = {t["name"]: t["shape"] for t in json.loads((d / "case.json").read_text())["tensors"]}
-    b, c, h, w = shapes[f"{prefix}layer{i - 1:02d}_output"]
-    l = upsample.parse(load(d / "network.cfg").layers[i], params_for(b, c, h, w, index=i))
-    x = np.fromfile(d / f"{prefix}layer{i - 1:02d}_output.f32", "<f4")
+    case = read_case(GOLDEN / case)
+    b, c, h, w = case.entry(f"{prefix}layer{i - 1:02d}_output").shape
+    l = upsample.parse(load(case.path / "network.cfg").layers[i], image_params(b, c, h, w, index=i))
+    x = case.flat(f"{prefix}layer{i - 1:02d}_output")
     l.forward(l, SimpleNamespace(input=x, train=int(prefix == ""), index=i))
-    assert bitwise_equal(l.output, np.fromfile(d / f"{prefix}layer{i:02d}_output.f32", "<f4"))
+    assert bitwise_equal(l.output, case.flat(f"{prefix}layer{i:02d}_output"))
