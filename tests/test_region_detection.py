@@ -21,10 +21,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from darkpy import kernels
+from conftest import bce, central_gradient, emulated_softmax, iou64, layer_section, sigmoid
 from darkpy.box import box_iou, make_box
 from darkpy.check import bitwise_equal
-from darkpy.description import parse_cfg_text
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.layers import detection, region
 from darkpy.network import SizeParams
@@ -32,54 +31,8 @@ from darkpy.network import SizeParams
 f32 = np.float32
 
 
-@pytest.fixture(params=["reference", "fast"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
-
-
-def section(text):
-    return parse_cfg_text("[net]\nbatch=1\n" + text).layers[0]
-
-
 def make_net(input=None, truth=None, train=1, seen=0, delta=None):
     return SimpleNamespace(input=input, truth=truth, train=train, seen=seen, delta=delta, index=0)
-
-
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def bce(t, z):
-    return np.logaddexp(0.0, z) - t * z
-
-
-def iou64(a, b):
-    ix = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
-    iy = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
-    inter = ix * iy if ix > 0 and iy > 0 else 0.0
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
-def central_gradient(f, z, eps=1e-6):
-    g = np.zeros_like(z)
-    for k in range(z.size):
-        zp, zm = z.copy(), z.copy()
-        zp[k] += eps
-        zm[k] -= eps
-        g[k] = (f(zp) - f(zm)) / (2 * eps)
-    return g
-
-
-def emulated_softmax(x):
-    largest = x.max()
-    e = [f32(math.exp(float(v - largest))) for v in x]
-    total = f32(0)
-    for v in e:
-        total = f32(total + v)
-    return np.array([v / total for v in e], np.float32)
 
 
 # ============================================================================ region
@@ -100,7 +53,7 @@ W = H = 3
 
 
 def region_layer(extra="", batch=1, coords=4, classes=3, noobject_scale=1):
-    l = region.parse(section(REGION.replace("coords=4", f"coords={coords}")
+    l = region.parse(layer_section(REGION.replace("coords=4", f"coords={coords}")
                              .replace("classes=3", f"classes={classes}")
                              .replace("noobject_scale=1", f"noobject_scale={noobject_scale}") + extra),
                      SizeParams(batch, W * H * 2 * (coords + 1 + classes), H, W,
@@ -248,11 +201,11 @@ def test_region_mask_coords_use_an_int_scale():
 
 def test_region_parse_errors(tmp_path):
     with pytest.raises(ShapeError, match="filters=16"):
-        region.parse(section(REGION), SizeParams(1, 9 * 17, 3, 3, 17, 0, 1, None))
+        region.parse(layer_section(REGION), SizeParams(1, 9 * 17, 3, 3, 17, 0, 1, None))
     with pytest.raises(CfgError, match="tree="):
-        region.parse(section(REGION + "tree=data/9k.tree\n"), SizeParams(1, 9 * 16, 3, 3, 16, 0, 1, None))
+        region.parse(layer_section(REGION + "tree=data/9k.tree\n"), SizeParams(1, 9 * 16, 3, 3, 16, 0, 1, None))
     with pytest.raises(CfgError, match="anchor values"):
-        region.parse(section(REGION.replace("2.6,2.2", "2.6,2.2,5")),
+        region.parse(layer_section(REGION.replace("2.6,2.2", "2.6,2.2,5")),
                      SizeParams(1, 9 * 16, 3, 3, 16, 0, 1, None))
     l = region_layer()
     assert (l.truths, l.max_boxes, l.thresh, l.object_scale, l.mask_scale) == (150, 30, f32(.6), 5, 1)
@@ -284,7 +237,7 @@ LOC = SIDE * SIDE
 def detection_layer(rescore=0, softmax=0, sqrt=0, extra="", batch=1):
     text = DETECTION.format(rescore=rescore, softmax=softmax, sqrt=sqrt) + extra
     inputs = LOC * (5 * NUM + CLASSES)
-    return detection.parse(section(text), SizeParams(batch, inputs, 1, 1, inputs, 0, 1, None))
+    return detection.parse(layer_section(text), SizeParams(batch, inputs, 1, 1, inputs, 0, 1, None))
 
 
 def detection_truth(objects):
@@ -433,7 +386,7 @@ def test_detection_rmse_fallback_forced_and_rescore():
 
 def test_detection_errors():
     with pytest.raises(ShapeError, match="side=2"):
-        detection.parse(section(DETECTION.format(rescore=0, softmax=0, sqrt=0)),
+        detection.parse(layer_section(DETECTION.format(rescore=0, softmax=0, sqrt=0)),
                         SizeParams(1, 51, 1, 1, 51, 0, 1, None))
     l = detection_layer(extra="random=1\n")
     truth = detection_truth(OBJECTS)

@@ -19,8 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import GOLDEN
-from darkpy import kernels
+from conftest import GOLDEN, central_gradient, emulated_softmax, layer_section
 from darkpy.check import bitwise_equal
 from darkpy.description import parse_cfg_text
 from darkpy.dump import read_case
@@ -30,18 +29,6 @@ from darkpy.network import SizeParams, calc_network_cost
 from darkpy.tree import parse_tree_text
 
 f32 = np.float32
-
-
-@pytest.fixture(params=["reference", "fast"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
-
-
-def section(text):
-    return parse_cfg_text("[net]\nbatch=1\n" + text).layers[0]
 
 
 def params(batch, inputs):
@@ -85,21 +72,9 @@ def test_golden_classifier_softmax_and_cost_bitwise(impl):
 
 # ----------------------------------------------------------------------------- softmax
 
-def emulated_softmax(x, temp):
-    """C's softmax in numpy float32 scalars: float quotients, double exp, float sum and division."""
-    largest = f32(-np.finfo(np.float32).max)
-    for v in x:
-        if v > largest:
-            largest = v
-    e = [f32(math.exp(float(v / temp - largest / temp))) for v in x]
-    total = f32(0)
-    for v in e:
-        total = f32(total + v)
-    return np.array([v / total for v in e], np.float32)
-
 
 def test_grouped_softmax_with_temperature_bitwise(impl):
-    l = softmax.parse(section("[softmax]\ngroups=3\ntemperature=.7\n"), params(2, 12))
+    l = softmax.parse(layer_section("[softmax]\ngroups=3\ntemperature=.7\n"), params(2, 12))
     x = np.random.default_rng(0).standard_normal(24).astype(np.float32) * 3
     l.forward(l, make_net(x, None))
     expected = np.concatenate([emulated_softmax(x[g * 4:g * 4 + 4], f32(.7)) for g in range(6)])
@@ -108,7 +83,7 @@ def test_grouped_softmax_with_temperature_bitwise(impl):
 
 
 def test_softmax_cross_entropy_delta_is_negative_gradient():
-    l = softmax.parse(section("[softmax]\ngroups=2\n"), params(2, 8))
+    l = softmax.parse(layer_section("[softmax]\ngroups=2\n"), params(2, 8))
     rng = np.random.default_rng(1)
     z = rng.standard_normal(16).astype(np.float32)
     truth = np.zeros(16, np.float32)
@@ -132,7 +107,7 @@ def test_softmax_cross_entropy_delta_is_negative_gradient():
 
 def test_temperature_delta_omits_one_over_t():
     """With temperature T the softmax is of z/T, so dL/dz = (p - t)/T; darknet's delta stays t - p."""
-    l = softmax.parse(section("[softmax]\ntemperature=2\n"), params(1, 4))
+    l = softmax.parse(layer_section("[softmax]\ntemperature=2\n"), params(1, 4))
     z = np.array([.3, -1.2, 2., .5], np.float32)
     truth = np.array([0, 0, 1, 0], np.float32)
     l.forward(l, make_net(z, truth))
@@ -148,8 +123,8 @@ def test_temperature_delta_omits_one_over_t():
 
 def test_softmax_options_and_errors(impl):
     with pytest.raises(ShapeError, match="groups=3"):
-        softmax.parse(section("[softmax]\ngroups=3\n"), params(1, 10))
-    l = softmax.parse(section("[softmax]\nnoloss=1\nspatial=1.7\n"), params(1, 3))
+        softmax.parse(layer_section("[softmax]\ngroups=3\n"), params(1, 10))
+    l = softmax.parse(layer_section("[softmax]\nnoloss=1\nspatial=1.7\n"), params(1, 3))
     assert (l.spatial, l.noloss, l.temperature, l.groups) == (1, 1, 1, 1)
     l.forward(l, make_net(np.zeros(3, np.float32), np.ones(3, np.float32)))
     assert not l.delta.any() and l.cost[0] == 0
@@ -186,28 +161,23 @@ def test_tree_groups_match_darknets_read_tree():
 def test_tree_softmax_is_one_softmax_per_sibling_group(tmp_path, impl):
     path = tmp_path / "mini.tree"
     path.write_text(TREE)
-    l = softmax.parse(section(f"[softmax]\ntree={path}\n"), params(2, 8))
+    l = softmax.parse(layer_section(f"[softmax]\ntree={path}\n"), params(2, 8))
     x = np.random.default_rng(2).standard_normal(16).astype(np.float32)
     l.forward(l, make_net(x, None))
     expected = np.concatenate([emulated_softmax(x[b * 8 + o:b * 8 + o + s], f32(1))
                                for b in range(2) for o, s in ((0, 2), (2, 3), (5, 2), (7, 1))])
     assert bitwise_equal(l.output, expected)
     with pytest.raises(CfgError, match="cannot read tree"):
-        softmax.parse(section("[softmax]\ntree=/nonexistent.tree\n"), params(1, 8))
+        softmax.parse(layer_section("[softmax]\ntree=/nonexistent.tree\n"), params(1, 8))
 
 
 # ----------------------------------------------------------------------------- cost
 
 def run_cost(kind, x, t, scale=None):
     text = f"[cost]\ntype={kind}\n" + (f"scale={scale}\n" if scale is not None else "")
-    l = cost.parse(section(text), params(1, x.size))
+    l = cost.parse(layer_section(text), params(1, x.size))
     l.forward(l, make_net(x, t))
     return l
-
-
-def numeric_gradient(f, x, eps=1e-6):
-    x = x.astype(np.float64)
-    return np.array([(f(x + e) - f(x - e)) / (2 * eps) for e in np.eye(x.size) * eps])
 
 
 def test_sse_cost_and_delta(impl):
@@ -218,7 +188,7 @@ def test_sse_cost_and_delta(impl):
     diff = t - x
     assert bitwise_equal(l.delta, diff) and bitwise_equal(l.output, diff * diff)
     assert bitwise_equal(l.cost, np.array([np.cumsum(diff * diff, dtype=np.float32)[-1]]))
-    grad = numeric_gradient(lambda v: float(((t - v) ** 2).sum()), x)
+    grad = central_gradient(lambda v: float(((t - v) ** 2).sum()), x)
     np.testing.assert_allclose(l.delta, -grad / 2, rtol=1e-6, atol=1e-7)  # half the cost's slope
     assert l.cost_type == cost.SSE and cost.get_cost_string(l.cost_type) == "sse"
 
@@ -227,7 +197,7 @@ def test_l1_and_smooth_deltas_against_their_losses(impl):
     x = np.array([.2, -1.5, 3., .9, -.1], np.float32)
     t = np.array([.5, .5, .5, .5, -.4], np.float32)
     l1 = run_cost("L1", x, t)
-    grad = numeric_gradient(lambda v: float(np.abs(t - v).sum()), x)
+    grad = central_gradient(lambda v: float(np.abs(t - v).sum()), x)
     np.testing.assert_allclose(l1.delta, -grad, rtol=1e-6)
     assert bitwise_equal(l1.output, np.abs(t - x))
 
@@ -239,7 +209,7 @@ def test_l1_and_smooth_deltas_against_their_losses(impl):
         d = np.abs(t - v)
         return float(np.where(d < 1, (t - v) ** 2, 2 * d - 1).sum())
 
-    grad = numeric_gradient(huber, x)
+    grad = central_gradient(huber, x)
     # inside |diff| < 1 the delta is diff: half the negative slope of diff^2
     np.testing.assert_allclose(sm.delta[inside], -grad[inside] / 2, rtol=1e-6)
     # outside, darknet's delta is -sign(diff): the *positive* half slope of 2|diff| - 1
@@ -265,11 +235,11 @@ def test_masked_cost_overwrites_input_and_scale_in_backward(impl):
 
 def test_cost_types_and_unknown_names():
     for name, value in (("seg", cost.SEG), ("wgan", cost.WGAN), ("L1", cost.L1)):
-        assert cost.parse(section(f"[cost]\ntype={name}\n"), params(1, 2)).cost_type == value
+        assert cost.parse(layer_section(f"[cost]\ntype={name}\n"), params(1, 2)).cost_type == value
     with pytest.warns(DarkpyWarning, match="unknown type 'l1'"):
-        l = cost.parse(section("[cost]\ntype=l1\n"), params(1, 2))
+        l = cost.parse(layer_section("[cost]\ntype=l1\n"), params(1, 2))
     assert l.cost_type == cost.SSE
-    s = section("[cost]\nratio=.25\nnoobj=3\nthresh=.1\n")
+    s = layer_section("[cost]\nratio=.25\nnoobj=3\nthresh=.1\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         l = cost.parse(s, params(2, 3))

@@ -21,8 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import GOLDEN
-from darkpy import kernels
+from conftest import GOLDEN, bce, central_gradient, iou64, layer_section, sigmoid
 from darkpy.check import bitwise_equal
 from darkpy.description import parse_cfg_text
 from darkpy.dump import read_case
@@ -33,21 +32,9 @@ from darkpy.network import SizeParams, calc_network_cost
 f32 = np.float32
 
 
-@pytest.fixture(params=["reference", "fast"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
-
-
 def make_net(input=None, truth=None, train=0, w=32, h=32, delta=None, index=0):
     return SimpleNamespace(input=input, truth=truth, train=train, w=w, h=h, delta=delta,
                            index=index, seen=0)
-
-
-def section(text):
-    return parse_cfg_text("[net]\nbatch=1\n" + text).layers[0]
 
 
 # ----------------------------------------------------------------------------- golden
@@ -108,7 +95,7 @@ def test_backward_adds_delta_into_previous_delta(impl):
 # ----------------------------------------------------------------------------- parsing
 
 def test_parse_defaults():
-    l = yolo.parse(section("[yolo]\nclasses=3\nnum=2\n"), SizeParams(2, 4 * 4 * 2 * 8, 4, 4, 16, 0, 1, None))
+    l = yolo.parse(layer_section("[yolo]\nclasses=3\nnum=2\n"), SizeParams(2, 4 * 4 * 2 * 8, 4, 4, 16, 0, 1, None))
     assert (l.n, l.total, l.classes, l.max_boxes, l.truths) == (2, 2, 3, 90, 450)
     assert list(l.mask) == [0, 1]
     assert l.biases.tolist() == [.5] * 4
@@ -120,16 +107,16 @@ def test_parse_defaults():
 
 def test_parse_mask_anchors_and_errors():
     text = "[yolo]\nmask=1,2\nnum=3\nclasses=1\nanchors=1,2, 3,4, 5.5,6\nmax=7\nignore_thresh=.6\n"
-    l = yolo.parse(section(text), SizeParams(1, 3 * 3 * 2 * 6, 3, 3, 12, 0, 1, None))
+    l = yolo.parse(layer_section(text), SizeParams(1, 3 * 3 * 2 * 6, 3, 3, 12, 0, 1, None))
     assert list(l.mask) == [1, 2] and l.n == 2 and l.total == 3 and l.max_boxes == 7
     assert l.biases.tolist() == [1, 2, 3, 4, 5.5, 6] and l.ignore_thresh == f32(.6)
     with pytest.raises(ShapeError, match="filters=12"):
-        yolo.parse(section(text), SizeParams(1, 3 * 3 * 13, 3, 3, 13, 0, 1, None))
+        yolo.parse(layer_section(text), SizeParams(1, 3 * 3 * 13, 3, 3, 13, 0, 1, None))
     with pytest.raises(CfgError, match="mask entries"):
-        yolo.parse(section("[yolo]\nmask=0,3\nnum=3\nclasses=1\n"),
+        yolo.parse(layer_section("[yolo]\nmask=0,3\nnum=3\nclasses=1\n"),
                    SizeParams(1, 3 * 3 * 12, 3, 3, 12, 0, 1, None))
     with pytest.raises(CfgError, match="anchor values"):
-        yolo.parse(section("[yolo]\nnum=1\nclasses=1\nanchors=1,2,3\n"),
+        yolo.parse(layer_section("[yolo]\nnum=1\nclasses=1\nanchors=1,2,3\n"),
                    SizeParams(1, 3 * 3 * 6, 3, 3, 6, 0, 1, None))
 
 
@@ -137,7 +124,7 @@ def test_map_file_renames_classes(tmp_path):
     mapping = tmp_path / "classes.map"
     mapping.write_text("1\n0\n")
     text = f"[yolo]\nnum=1\nclasses=2\nmap={mapping}\nanchors=8,8\n"
-    l = yolo.parse(section(text), SizeParams(1, 2 * 2 * 7, 2, 2, 7, 0, 1, None))
+    l = yolo.parse(layer_section(text), SizeParams(1, 2 * 2 * 7, 2, 2, 7, 0, 1, None))
     assert l.map.tolist() == [1, 0]
     truth = np.zeros(450, np.float32)
     truth[:5] = [.3, .3, .25, .25, 0]  # class 0 in the data, 1 after the map
@@ -145,26 +132,11 @@ def test_map_file_renames_classes(tmp_path):
     cls0 = yolo.entry_index(0, 0, 5, 2, 2, 2, l.outputs)
     assert l.delta[cls0] == -0.5 and l.delta[cls0 + 4] == 0.5  # sigmoid(0) = .5
     with pytest.raises(CfgError, match="cannot read map"):
-        yolo.parse(section("[yolo]\nnum=1\nclasses=2\nmap=/nonexistent/map\n"),
+        yolo.parse(layer_section("[yolo]\nnum=1\nclasses=2\nmap=/nonexistent/map\n"),
                    SizeParams(1, 2 * 2 * 7, 2, 2, 7, 0, 1, None))
 
 
 # ----------------------------------------------------------------------------- the maths
-
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def bce(t, z):
-    """Binary cross-entropy of sigmoid(z) against target t, written stably in float64."""
-    return np.logaddexp(0.0, z) - t * z
-
-
-def iou64(a, b):
-    ix = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
-    iy = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
-    inter = ix * iy if ix > 0 and iy > 0 else 0.0
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 class IntendedLoss:
@@ -212,16 +184,6 @@ class IntendedLoss:
             else:
                 total += weight / 2 * (target - z[index]) ** 2
         return total
-
-
-def central_gradient(f, z, eps=1e-6):
-    g = np.zeros_like(z)
-    for k in range(z.size):
-        zp, zm = z.copy(), z.copy()
-        zp[k] += eps
-        zm[k] -= eps
-        g[k] = (f(zp) - f(zm)) / (2 * eps)
-    return g
 
 
 def small_layer(w=3, h=3, classes=2, anchors=((6, 5), (14, 16)), ignore_thresh=.5):
