@@ -32,18 +32,26 @@ def _cuda():
     return cuda
 
 
+#: Buffers that stay on the host: the cost (written by host-side loss code, read by
+#: ``calc_network_cost``); int arrays other than ``indexes`` are host-side metadata.
+_HOST_FIELDS = ("cost",)
+
+
 def to_device(l):
-    """A copy of layer ``l`` whose float32 buffers are device arrays (other fields shared)."""
+    """A copy of layer ``l`` whose float32 buffers (and maxpool's ``indexes``) are device
+    arrays; other fields are shared, and ``host`` is ``l`` itself."""
     cuda = _cuda()
     d = Layer(l.type)
     for name in Layer.__slots__:
         if name == "extra_fields":
             continue
         value = getattr(l, name)
-        if isinstance(value, np.ndarray) and value.dtype == np.float32:
+        if isinstance(value, np.ndarray) and name not in _HOST_FIELDS and (
+                value.dtype == np.float32 or name == "indexes"):
             value = cuda.to_device(value)
         object.__setattr__(d, name, value)
     d.extra_fields = dict(l.extra_fields)
+    d.host = l
     return d
 
 
@@ -185,11 +193,9 @@ LAYERS = {
 
 
 def _shapes():
-    try:
-        from darkpy.kernels import shapes_cuda
-    except ImportError:
-        return
-    LAYERS.update(shapes_cuda.LAYERS)
+    from darkpy.kernels import pooling_cuda, shapes_cuda, yolo_cuda
+    for module in (shapes_cuda, pooling_cuda, yolo_cuda):
+        LAYERS.update(module.LAYERS)
 
 
 def supported(l):
@@ -224,7 +230,8 @@ class DeviceNetwork:
 
     def _net(self, **fields):
         n = SimpleNamespace(input=self.input, delta=None, truth=self.truth, workspace=self.workspace,
-                            train=self.net.train, index=0, layers=self.layers)
+                            train=self.net.train, index=0, layers=self.layers, host_truth=self.net.truth,
+                            w=self.net.w, h=self.net.h)
         for key, value in fields.items():
             setattr(n, key, value)
         return n
@@ -236,7 +243,8 @@ class DeviceNetwork:
             self.truth.copy_to_device(self.net.truth)
 
     def forward(self):
-        """``forward_network`` on the device (the cost is left to the layers that compute one)."""
+        """``forward_network`` on the device, then ``calc_network_cost`` from the layers' host costs."""
+        from darkpy.network import calc_network_cost
         n = self._net()
         for i, l in enumerate(self.layers):
             n.index = i
@@ -246,6 +254,7 @@ class DeviceNetwork:
             n.input = l.output
             if l.truth:
                 n.truth = l.output
+        calc_network_cost(self.net)
 
     def backward(self):
         """``backward_network`` on the device: layers in reverse, given their predecessor's buffers."""
@@ -261,8 +270,16 @@ class DeviceNetwork:
             if backward is not None:
                 backward(l, n, self.k)
 
-    def update(self, a):
-        """``update_network``'s per-layer step with update arguments ``a`` (``UpdateArgs``)."""
+    def update(self, a=None):
+        """``update_network`` (or, given ``UpdateArgs`` ``a``, only the per-layer steps)."""
+        if a is None:
+            from darkpy.network import get_current_rate
+            net = self.net
+            a = UpdateArgs(batch=net.batch * net.subdivisions, learning_rate=get_current_rate(net),
+                           momentum=net.momentum, decay=net.decay, adam=net.adam,
+                           B1=net.B1, B2=net.B2, eps=net.eps)
+            net.t += 1
+            a.t = net.t
         for l in self.layers:
             update = LAYERS[l.type][2]
             if update is not None:
@@ -359,7 +376,70 @@ def run_case_device(case, profile="strict"):
                         pull(d, l, (field,))
                         out[field + "_after"] = getattr(l, field).copy()
         return out
-    raise DumpError(f"{case.kind} cases do not run on the CUDA device yet", path=case.path / "case.json")
+    if case.kind == "network":
+        return _run_network_device(case, profile)
+    raise DumpError(f"{case.kind} cases do not run on the CUDA device", path=case.path / "case.json")
+
+
+def _run_network_device(case, profile):
+    """``darkpy.check._run_network`` with a ``DeviceNetwork``: tensors pulled after each step."""
+    import darkpy.check as check
+    from darkpy.description import load
+    from darkpy.network import build_network
+    from darkpy.weights import load_weights
+    net = build_network(load(case.path / str(check._param(case, "cfg"))),
+                        batch=int(case.params.get("batch", 0)) or None)
+    weights = case.params.get("weights")
+    if weights:
+        load_weights(net, case.path / weights)
+    net.input[:] = check._given(case, "input")
+    if "truth" in case:
+        net.truth[:] = check._given(case, "truth")
+    dev = DeviceNetwork(net, profile)
+    wanted = {}
+    for name in case.names():
+        entry = case.entry(name)
+        if entry.stage == "given":
+            continue
+        if name == "cost":
+            wanted[name] = ("forward1", None, None)
+            continue
+        m = check._LAYER_TENSOR.match(name)
+        if not m or int(m.group(2)) >= net.n:
+            raise DumpError(f"tensor {name!r}: expected layerNN_<field> of an existing layer",
+                            path=case.path / "case.json")
+        infer, index, field, after = m.groups()
+        step = "forward0" if infer else ("update" if after or entry.stage == "update" else
+                                         "forward1" if entry.stage == "forward" else "backward")
+        wanted[name] = (step, int(index), field)
+    out = {}
+
+    def snap(step):
+        for name, (s, index, field) in wanted.items():
+            if s != step:
+                continue
+            if name == "cost":
+                out[name] = net.cost.copy()
+                continue
+            dev.pull_layer(index, (field,))
+            v = getattr(net.layers[index], field, None)
+            if isinstance(v, np.ndarray):
+                out[name] = v.copy()
+
+    for step in check.network_steps(case):
+        if step[0] == "forward":
+            if step[1]:
+                net.seen += net.batch
+            net.train = step[1]
+            dev.forward()
+            snap(f"forward{step[1]}")
+        elif step[0] == "backward":
+            dev.backward()
+            snap("backward")
+        else:
+            dev.update()
+            snap("update")
+    return out
 
 
 def check_case_device(path, profile="strict"):
