@@ -597,12 +597,18 @@ def _workdir():
 
 
 def _network_bytes(net):
-    from darkpy.network import layer_bytes
-    total = sum(layer_bytes(l) for l in net.layers)
+    """Bytes of every numpy buffer a built network holds (shared buffers, as dropout's, once)."""
+    from darkpy.layer import Layer
+    seen = {}
+    for l in net.layers:
+        fields = [getattr(l, name, None) for name in Layer.__slots__] + list(l.extra_fields.values())
+        for buf in fields:
+            if isinstance(buf, np.ndarray):
+                seen[id(buf)] = buf.nbytes
     for buf in (net.workspace, net.input, net.truth):
         if isinstance(buf, np.ndarray):
-            total += buf.nbytes
-    return total
+            seen[id(buf)] = buf.nbytes
+    return sum(seen.values())
 
 
 def run_cfg(text):
@@ -882,7 +888,8 @@ KNOWN = [
     Known("memory-limit-numpy", ("MemoryError", "_ArrayMemoryError"), "Unable to allocate",
           "network.py build_network / check.py runners: check memory_limit before allocating"),
     Known("memory-limit-ignores-workspace", ("Escaped",), "past memory_limit",
-          "network.py build_network: count net.workspace, net.input and net.truth against memory_limit"),
+          "network.py build_network/layer_bytes: count net.workspace, net.input, net.truth and every "
+          "layer buffer (adam's m/v too) against memory_limit"),
     Known("rate-overflow", ("OverflowError", "RuntimeWarning"), "get_current_rate",
           "network.py get_current_rate: C's pow gives inf (use _c_pow, np.errstate(over='ignore'))"),
     Known("step-zero", ("ZeroDivisionError",), "get_current_rate",
