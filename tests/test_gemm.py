@@ -126,20 +126,60 @@ def test_default_nan_inputs_bitwise(TA, TB):
         assert_bitwise(got, want)
 
 
+#: NaNs of assorted payloads, quiet and signalling, both signs.
+NAN_PAYLOADS = np.array([0x7FC00000, 0x7FC00001, 0x7FC12345, 0xFFC00000, 0xFF800001, 0x7F800002,
+                         0xFFC0ABCD], np.uint32)
+
+
+def nan_storm(rng, n, frac=0.01):
+    x = wild(rng, n)
+    hit = rng.random(n) < frac
+    x.view(np.uint32)[hit] = rng.choice(NAN_PAYLOADS, hit.sum())
+    return x
+
+
 @pytest.mark.parametrize("TA,TB", VARIANTS)
-def test_foreign_nan_inputs(TA, TB):
-    """A NaN of another payload (numpy's +NaN) meeting the x86 default NaN in one addition:
-    which of the two comes out is chosen by the compiler's operand order, which neither C nor
-    LLVM fixes.  Every other bit must agree, and NaN exactly where the reference has NaN."""
+def test_foreign_nan_inputs_bitwise(TA, TB):
+    """NaNs of other payloads (numpy's +NaN, signalling NaNs) meeting one another and the
+    default NaN: which one survives an operation is part of the bits.  Sizes span several
+    K chunks, so NaN panels (computed element by element) sit beside vector panels."""
     rng = np.random.default_rng([17, TA, TB])
-    M, N, K = 9, 21, 40
-    A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, make=wild)
-    A[rng.random(A.size) < 0.02] = np.nan
-    got, want = run_both(TA, TB, M, N, K, -1.3, A, lda, B, ldb, 0.7, C, ldc)
-    nan = np.isnan(want)
-    assert nan.any()
-    assert (np.isnan(got) == nan).all()
-    assert_bitwise(got[~nan], want[~nan])
+    for M, N, K, frac in ((9, 21, 40, 0.01), (70, 40, 300, 0.0005), (6, 530, 20, 0.001)):
+        A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, pad_c=2,
+                                          make=lambda r, n: nan_storm(r, n, frac))
+        got, want = run_both(TA, TB, M, N, K, -1.3, A, lda, B, ldb, 0.7, C, ldc)
+        assert np.isnan(want).any()
+        assert_bitwise(got, want)
+
+
+def _nan(bits):
+    return np.array([bits], np.uint32).view(np.float32)[0]
+
+
+NA, NB, NC = 0x7FC00001, 0x7FC00002, 0x7FC00003
+
+
+@pytest.mark.parametrize("module", [ref, fast])
+@pytest.mark.parametrize("TB", [0, 1])
+def test_nan_operand_order_is_gccs(module, TB):
+    """Which NaN survives, as in darknet's gemm.c compiled by gcc 12.2 -O2 -ffp-contract=off
+    (read from its objdump; x86 keeps the first source operand's NaN):
+    gemm_nn ``(B*A_PART) + C``, gemm_nt ``sum + (A_PART*B)`` and ``sum + C``."""
+    one = np.float32(1)
+
+    def run(A, B, C, K):
+        out = np.array(C, np.float32)
+        module.gemm(0, TB, 1, 1, K, one, np.array(A, np.float32), K, np.array(B, np.float32),
+                    K if TB else 1, one, out, 1)
+        return int(out.view(np.uint32)[0])
+
+    # both factors NaN: nn keeps B's, nt keeps A_PART's
+    assert run([_nan(NA)], [_nan(NB)], [1], 1) == (NA if TB else NB)
+    # running value NaN (k = 0) meets a NaN product (k = 1): nn keeps the product's,
+    # nt keeps the running sum's
+    assert run([1, _nan(NA)], [_nan(NB), 1], [1], 2) == (NB if TB else NA)
+    # C NaN meets a NaN product / sum: the product (nn) or the sum (nt) wins
+    assert run([_nan(NA)], [1], [_nan(NC)], 1) == NA
 
 
 @pytest.mark.parametrize("name", ["gemm_nn", "gemm_nt", "gemm_tn", "gemm_tt"])
@@ -260,9 +300,10 @@ def _asm(fn, *args):
 def test_no_fused_multiply_add_in_generated_code():
     """The CPU has FMA (lscpu: fma); LLVM must not have contracted a multiply and an add."""
     Ap, Bp, T = np.zeros(4 * 8, np.float32), np.zeros(8 * 16, np.float32), np.zeros(64, np.float32)
-    asm = _asm(fast._tile, 8, Ap, 0, Bp, 0, 16, T, 0, 16, True, np.float32(0.5))
-    assert "vmulps" in asm and "vaddps" in asm  # really the vector micro-kernel
-    assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
+    for asm in (_asm(fast._tile_accumulate, 8, Ap, 0, Bp, T, 0, 16, True, np.float32(0.5)),
+                _asm(fast._tile_sum, 8, Ap, 0, Bp, T, 0, 16)):
+        assert "vmulps" in asm and "vaddps" in asm  # really the vector micro-kernel
+        assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
     A, B, C = np.zeros(64, np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32)
     for fn in (fast._accumulate_tasks, fast._sum_tasks):
         asm = _asm(fn, 0, 1, 1, 0, 4, 4, 4, np.float32(1), A, 4, B, 4, True, np.float32(1), C, 4)

@@ -38,12 +38,12 @@ The vector operations are LLVM ``<8 x float>`` ``fmul``/``fadd`` instructions
 written with Numba intrinsics and no fast-math flags, so LLVM may not contract
 them into FMAs (tests inspect the assembly for ``vfmadd``).
 
-One thing is outside the contract, here as in C: when two NaNs of *different*
-bits meet in one operation, which one comes out depends on the compiler's
-operand order (x86 returns the first source), which neither C nor LLVM fixes.
-NaNs made by float arithmetic are all the x86 default NaN, so this only shows
-with NaN inputs of another payload (numpy's ``np.nan``); every other bit,
-including which elements are NaN, is identical.
+Which NaN comes out where two NaNs meet is part of the bits too: x86 keeps the
+first operand's, and gcc's operand order is the reference's (``first_nan``).
+The vector micro-kernels leave that order to LLVM, which is harmless while only
+arithmetic makes NaNs (all the same default NaN).  Every packed panel is
+therefore checked for NaN inputs (A_PART, B, and the running C or sum), and a
+panel that has one is computed element by element in gcc's order instead.
 """
 
 import numpy as np
@@ -52,6 +52,7 @@ from numba import prange, types
 from numba.extending import intrinsic, models, register_model
 
 from darkpy.kernels import kernel, pkernel
+from darkpy.kernels.reference.blas import first_nan
 from darkpy.kernels.reference.gemm import check_gemm_args
 
 #: Micro-kernel tile: MR rows x NR columns of C held in registers (NR = 2 vectors of 8).
@@ -247,7 +248,8 @@ def vzero(typingctx):
 
 @intrinsic
 def vadd(typingctx, a, b):
-    """Lane-wise float32 ``a + b``, one IEEE rounding per lane (no fast-math flags)."""
+    """Lane-wise float32 ``a + b``, one IEEE rounding per lane (no fast-math flags: never
+    fused with a multiply)."""
     if not (a == float32x8 and b == float32x8):
         return None
 
@@ -259,7 +261,8 @@ def vadd(typingctx, a, b):
 
 @intrinsic
 def vmul(typingctx, a, b):
-    """Lane-wise float32 ``a * b``, one IEEE rounding per lane (no fast-math flags)."""
+    """Lane-wise float32 ``a * b``, one IEEE rounding per lane (no fast-math flags: never
+    fused with an add)."""
     if not (a == float32x8 and b == float32x8):
         return None
 
@@ -269,17 +272,31 @@ def vmul(typingctx, a, b):
     return float32x8(a, b), codegen
 
 
+@intrinsic
+def vhas_nan(typingctx, v):
+    """Whether any lane of ``v`` is NaN."""
+    if v != float32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        unordered = builder.fcmp_unordered("uno", args[0], args[0])
+        mask = builder.bitcast(unordered, ir.IntType(8))
+        return builder.icmp_unsigned("!=", mask, ir.Constant(ir.IntType(8), 0))
+
+    return types.boolean(v), codegen
+
+
 # ---------------------------------------------------------------------------
-# The micro-kernel: a 4 x 16 tile of running values, k in order.
-# ``Ap`` holds A_PART k-major (Ap[ap + k*MR + r]); row k of the B panel is
-# Bp[bp + k*ldbp : +16] (B itself, or a packed copy); the tile lives in T at
-# T[t + r*ldt + jj].
+# The micro-kernels: a 4 x 16 tile of running values, k in order.
+# ``Ap`` holds A_PART k-major (Ap[ap + k*MR + r]); row k of the packed B panel
+# is Bp[k*NR : k*NR + 16]; the tile lives in T at T[t + r*ldt + jj].
 # ---------------------------------------------------------------------------
 
 @kernel
-def _tile(kc, Ap, ap, Bp, bp, ldbp, T, t, ldt, scale, BETA):
-    """T(r, jj) *= BETA when ``scale`` (gemm_cpu's first step), then for k = 0..kc-1 in
-    order: T(r, jj) = T(r, jj) + A_PART(r, k)*B(k, jj), each operation rounded on its own."""
+def _tile_accumulate(kc, Ap, ap, Bp, T, t, ldt, scale, BETA):
+    """gemm_nn/tn on one tile: T(r, jj) *= BETA when ``scale`` (gemm_cpu's first step), then
+    for k = 0..kc-1 in order T(r, jj) = (B(k, jj)*A_PART(r, k)) + T(r, jj), each operation
+    rounded on its own, operands in gcc's order (which decides the NaN that survives)."""
     c00 = vload(T, t)
     c01 = vload(T, t + 8)
     c10 = vload(T, t + ldt)
@@ -299,8 +316,45 @@ def _tile(kc, Ap, ap, Bp, bp, ldbp, T, t, ldt, scale, BETA):
         c30 = vmul(c30, beta)
         c31 = vmul(c31, beta)
     for k in range(kc):
-        b0 = vload(Bp, bp + k * ldbp)
-        b1 = vload(Bp, bp + k * ldbp + 8)
+        b0 = vload(Bp, k * NR)
+        b1 = vload(Bp, k * NR + 8)
+        a = vbroadcast_at(Ap, ap + k * MR)
+        c00 = vadd(vmul(b0, a), c00)
+        c01 = vadd(vmul(b1, a), c01)
+        a = vbroadcast_at(Ap, ap + k * MR + 1)
+        c10 = vadd(vmul(b0, a), c10)
+        c11 = vadd(vmul(b1, a), c11)
+        a = vbroadcast_at(Ap, ap + k * MR + 2)
+        c20 = vadd(vmul(b0, a), c20)
+        c21 = vadd(vmul(b1, a), c21)
+        a = vbroadcast_at(Ap, ap + k * MR + 3)
+        c30 = vadd(vmul(b0, a), c30)
+        c31 = vadd(vmul(b1, a), c31)
+    vstore(T, t, c00)
+    vstore(T, t + 8, c01)
+    vstore(T, t + ldt, c10)
+    vstore(T, t + ldt + 8, c11)
+    vstore(T, t + 2 * ldt, c20)
+    vstore(T, t + 2 * ldt + 8, c21)
+    vstore(T, t + 3 * ldt, c30)
+    vstore(T, t + 3 * ldt + 8, c31)
+
+
+@kernel
+def _tile_sum(kc, Ap, ap, Bp, S, s, lds):
+    """gemm_nt/tt on one tile: for k = 0..kc-1 in order S(r, jj) = S(r, jj) + (A_PART(r, k)*B(k, jj)),
+    each operation rounded on its own, operands in gcc's order (the running ``sum`` first)."""
+    c00 = vload(S, s)
+    c01 = vload(S, s + 8)
+    c10 = vload(S, s + lds)
+    c11 = vload(S, s + lds + 8)
+    c20 = vload(S, s + 2 * lds)
+    c21 = vload(S, s + 2 * lds + 8)
+    c30 = vload(S, s + 3 * lds)
+    c31 = vload(S, s + 3 * lds + 8)
+    for k in range(kc):
+        b0 = vload(Bp, k * NR)
+        b1 = vload(Bp, k * NR + 8)
         a = vbroadcast_at(Ap, ap + k * MR)
         c00 = vadd(c00, vmul(a, b0))
         c01 = vadd(c01, vmul(a, b1))
@@ -313,14 +367,14 @@ def _tile(kc, Ap, ap, Bp, bp, ldbp, T, t, ldt, scale, BETA):
         a = vbroadcast_at(Ap, ap + k * MR + 3)
         c30 = vadd(c30, vmul(a, b0))
         c31 = vadd(c31, vmul(a, b1))
-    vstore(T, t, c00)
-    vstore(T, t + 8, c01)
-    vstore(T, t + ldt, c10)
-    vstore(T, t + ldt + 8, c11)
-    vstore(T, t + 2 * ldt, c20)
-    vstore(T, t + 2 * ldt + 8, c21)
-    vstore(T, t + 3 * ldt, c30)
-    vstore(T, t + 3 * ldt + 8, c31)
+    vstore(S, s, c00)
+    vstore(S, s + 8, c01)
+    vstore(S, s + lds, c10)
+    vstore(S, s + lds + 8, c11)
+    vstore(S, s + 2 * lds, c20)
+    vstore(S, s + 2 * lds + 8, c21)
+    vstore(S, s + 3 * lds, c30)
+    vstore(S, s + 3 * lds + 8, c31)
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +384,8 @@ def _tile(kc, Ap, ap, Bp, bp, ldbp, T, t, ldt, scale, BETA):
 
 @kernel
 def _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap):
-    """Ap[p*MR*kc + k*MR + r] = ALPHA*op(A)(i0 + p*MR + r, k0 + k), zero past row i0+mc."""
+    """Ap[p*MR*kc + k*MR + r] = ALPHA*op(A)(i0 + p*MR + r, k0 + k), zero past row i0+mc
+    (``A_PART = A*ALPHA``: gcc's operand order).  Returns whether any A_PART is NaN."""
     panels = (mc + MR - 1) // MR
     for p in range(panels):
         base = p * MR * kc
@@ -340,16 +395,20 @@ def _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap):
         if TA:  # op(A)(i, k) = A[k*lda + i]: the MR rows of one k are contiguous
             for k in range(kc):
                 for r in range(mr):
-                    put(Ap, base + k * MR + r, alpha * get(A, (k0 + k) * lda + i0 + p * MR + r))
+                    a = get(A, (k0 + k) * lda + i0 + p * MR + r)
+                    put(Ap, base + k * MR + r, first_nan(a, alpha * a))
         else:
             for r in range(mr):
                 for k in range(kc):
-                    put(Ap, base + k * MR + r, alpha * get(A, (i0 + p * MR + r) * lda + k0 + k))
+                    a = get(A, (i0 + p * MR + r) * lda + k0 + k)
+                    put(Ap, base + k * MR + r, first_nan(a, alpha * a))
+    return _any_nan(Ap, panels * MR * kc)
 
 
 @kernel
 def _pack_B(TB, B, ldb, k0, kc, j, nr, Bp):
-    """Bp[k*NR + jj] = op(B)(k0 + k, j + jj) for jj < nr, zero for the padding columns."""
+    """Bp[k*NR + jj] = op(B)(k0 + k, j + jj) for jj < nr, zero for the padding columns.
+    Returns whether any of them is NaN."""
     if nr < NR:
         Bp[:kc * NR] = np.float32(0)
     if TB:  # op(B)(k, j) = B[j*ldb + k]: transpose 8 x 8 blocks, then the ragged edges
@@ -372,6 +431,76 @@ def _pack_B(TB, B, ldb, k0, kc, j, nr, Bp):
         for k in range(kc):
             for jj in range(nr):
                 put(Bp, k * NR + jj, get(B, (k0 + k) * ldb + j + jj))
+    return _any_nan(Bp, kc * NR)
+
+
+# ---------------------------------------------------------------------------
+# NaN inputs.  The vector micro-kernels leave the order of the operands of each
+# + and * to LLVM; that order decides nothing but *which* NaN comes out when two
+# NaNs meet (x86 returns the first operand's).  NaNs made by arithmetic are all
+# the x86 default NaN, so this matters only when an input is NaN; panels with a
+# NaN among their inputs are computed element by element in gcc's operand order
+# instead (``first_nan``), the same chain of roundings as the reference.
+# ---------------------------------------------------------------------------
+
+@kernel
+def _any_nan(X, n):
+    """Whether any of X[0:n] is NaN."""
+    found = False
+    n8 = n // 8 * 8
+    for i in range(0, n8, 8):
+        found |= vhas_nan(vload(X, i))
+    for i in range(n8, n):
+        x = get(X, i)
+        found |= x != x
+    return found
+
+
+@kernel
+def _block_has_nan(C, c, ldc, rows, cols):
+    """Whether any of the rows x cols elements C[c + r*ldc + jj] is NaN."""
+    found = False
+    for r in range(rows):
+        if cols == NR:
+            found |= vhas_nan(vload(C, c + r * ldc)) | vhas_nan(vload(C, c + r * ldc + 8))
+        else:
+            for jj in range(cols):
+                x = get(C, c + r * ldc + jj)
+                found |= x != x
+    return found
+
+
+@kernel
+def _panel_accumulate_exact(kc, Ap, Bp, C, c, ldc, mc, nr, scale, beta):
+    """One panel of gemm_nn/tn element by element, gcc's operand order: ``C*BETA`` (when
+    ``scale``), then per k ``product = B*A_PART``, ``C = product + C``."""
+    for r in range(mc):
+        ap = (r // MR) * MR * kc + r % MR
+        for jj in range(nr):
+            x = C[c + r * ldc + jj]
+            if scale:
+                x = first_nan(x, x * beta)
+            for k in range(kc):
+                A_PART = Ap[ap + k * MR]
+                b = Bp[k * NR + jj]
+                product = first_nan(b, b * A_PART)
+                x = first_nan(product, product + x)
+            C[c + r * ldc + jj] = x
+
+
+@kernel
+def _panel_sum_exact(kc, Ap, Bp, S, s, lds, mc):
+    """One panel of gemm_nt/tt's sums element by element, gcc's operand order:
+    per k ``product = A_PART*B``, ``sum = sum + product``."""
+    for r in range(mc):
+        ap = (r // MR) * MR * kc + r % MR
+        for jj in range(NR):
+            sum = S[s + r * lds + jj]
+            for k in range(kc):
+                A_PART = Ap[ap + k * MR]
+                product = first_nan(A_PART, A_PART * Bp[k * NR + jj])
+                sum = first_nan(sum, sum + product)
+            S[s + r * lds + jj] = sum
 
 
 # ---------------------------------------------------------------------------
@@ -394,25 +523,29 @@ def _accumulate_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale,
         if scale and K == 0:  # no K chunk below to fold the BETA step into
             for i in range(i0, i0 + mc):
                 for j in range(j0, j0 + nc):
-                    C[i * ldc + j] *= beta
+                    c = C[i * ldc + j]
+                    C[i * ldc + j] = first_nan(c, c * beta)
         panels = (mc + MR - 1) // MR
         for k0 in range(0, K, KC):
             kc = min(KC, K - k0)
             first = scale and k0 == 0
-            _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
+            a_nan = _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
             for j in range(j0, j0 + nc, NR):
                 nr = min(NR, j0 + nc - j)
-                _pack_B(0, B, ldb, k0, kc, j, nr, Bp)
+                b_nan = _pack_B(0, B, ldb, k0, kc, j, nr, Bp)
+                if a_nan or b_nan or _block_has_nan(C, i0 * ldc + j, ldc, mc, nr):
+                    _panel_accumulate_exact(kc, Ap, Bp, C, i0 * ldc + j, ldc, mc, nr, first, beta)
+                    continue
                 for p in range(panels):
                     i = i0 + p * MR
                     mr = min(MR, i0 + mc - i)
                     if mr == MR and nr == NR:
-                        _tile(kc, Ap, p * MR * kc, Bp, 0, NR, C, i * ldc + j, ldc, first, beta)
+                        _tile_accumulate(kc, Ap, p * MR * kc, Bp, C, i * ldc + j, ldc, first, beta)
                     else:  # an edge tile: run it on a scratch copy
                         for r in range(mr):
                             for jj in range(nr):
                                 T[r * NR + jj] = C[(i + r) * ldc + j + jj]
-                        _tile(kc, Ap, p * MR * kc, Bp, 0, NR, T, 0, NR, first, beta)
+                        _tile_accumulate(kc, Ap, p * MR * kc, Bp, T, 0, NR, first, beta)
                         for r in range(mr):
                             for jj in range(nr):
                                 C[(i + r) * ldc + j + jj] = T[r * NR + jj]
@@ -435,17 +568,22 @@ def _sum_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, 
         S[:] = np.float32(0)
         for k0 in range(0, K, KC):
             kc = min(KC, K - k0)
-            _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
+            a_nan = _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
             for j in range(j0, j0 + nc, NR):
                 nr = min(NR, j0 + nc - j)
-                _pack_B(1, B, ldb, k0, kc, j, nr, Bp)
+                b_nan = _pack_B(1, B, ldb, k0, kc, j, nr, Bp)
+                if a_nan or b_nan or _block_has_nan(S, j - j0, lds, mc, NR):
+                    _panel_sum_exact(kc, Ap, Bp, S, j - j0, lds, mc)
+                    continue
                 for p in range(panels):
-                    _tile(kc, Ap, p * MR * kc, Bp, 0, NR, S, p * MR * lds + j - j0, lds, False, beta)
+                    _tile_sum(kc, Ap, p * MR * kc, Bp, S, p * MR * lds + j - j0, lds)
         for i in range(i0, i0 + mc):
             for j in range(j0, j0 + nc):
+                c = C[i * ldc + j]
                 if scale:
-                    C[i * ldc + j] *= beta
-                C[i * ldc + j] += S[(i - i0) * lds + j - j0]
+                    c = first_nan(c, c * beta)
+                sum = S[(i - i0) * lds + j - j0]
+                C[i * ldc + j] = first_nan(sum, c + sum)
 
 
 @pkernel

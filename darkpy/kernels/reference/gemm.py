@@ -27,12 +27,21 @@ Arithmetic (C float semantics, all float32, one rounding per operation, no FMA):
 ALPHA and BETA are ``float`` parameters in C: every function rounds them to
 float32 on entry, so a Python float behaves like a C double argument converted
 to float at the call.
+
+NaN payloads: where two NaNs of different bits meet, x86 returns the first
+source operand's (quieted), and a compiler may swap the operands of ``*`` and
+``+``.  ``first_nan`` (``darkpy.kernels.reference.blas``) pins the order that
+gcc 12 -O2 gave darknet's gemm.c (read from its objdump and checked against
+that library on NaN-laden inputs): ``C*BETA``; ``A_PART = A*ALPHA``;
+gemm_nn/tn ``product = B*A_PART``, ``C = product + C``; gemm_nt/tt
+``product = A_PART*B``, ``sum = sum + product``, ``C = sum + C``.
 """
 
 import numpy as np
 
 from darkpy.errors import DarkpyError
 from darkpy.kernels import kernel
+from darkpy.kernels.reference.blas import first_nan
 
 
 def check_gemm_args(TA, TB, M, N, K, A, lda, B, ldb, C, ldc):
@@ -73,57 +82,79 @@ def gemm(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
 
 @kernel
 def gemm_nn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
-    """darknet's ``gemm_nn``: C += ALPHA*A*B, i then k then j, ``A_PART`` hoisted as a float."""
+    """darknet's ``gemm_nn``: C += ALPHA*A*B, i then k then j, ``A_PART`` hoisted as a float.
+
+    NaN operands as gcc orders them: ``A_PART = A*ALPHA``, ``B*A_PART``, ``product + C``.
+    """
     alpha = np.float32(ALPHA)
     for i in range(M):
         for k in range(K):
-            A_PART = alpha * A[i * lda + k]
+            a = A[i * lda + k]
+            A_PART = first_nan(a, alpha * a)
             for j in range(N):
-                C[i * ldc + j] += A_PART * B[k * ldb + j]
+                b = B[k * ldb + j]
+                product = first_nan(b, A_PART * b)
+                C[i * ldc + j] = first_nan(product, C[i * ldc + j] + product)
 
 
 @kernel
 def gemm_nt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
-    """darknet's ``gemm_nt``: C += ALPHA*A*B^T, a float ``sum`` over k per element, then one add."""
+    """darknet's ``gemm_nt``: C += ALPHA*A*B^T, a float ``sum`` over k per element, then one add.
+
+    NaN operands as gcc orders them: ``(A*ALPHA)*B``, ``sum + product``, ``sum + C``.
+    """
     alpha = np.float32(ALPHA)
     for i in range(M):
         for j in range(N):
             sum = np.float32(0)
             for k in range(K):
-                sum += alpha * A[i * lda + k] * B[j * ldb + k]
-            C[i * ldc + j] += sum
+                a = A[i * lda + k]
+                A_PART = first_nan(a, alpha * a)
+                product = first_nan(A_PART, A_PART * B[j * ldb + k])
+                sum = first_nan(sum, sum + product)
+            C[i * ldc + j] = first_nan(sum, C[i * ldc + j] + sum)
 
 
 @kernel
 def gemm_tn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
-    """darknet's ``gemm_tn``: C += ALPHA*A^T*B, like ``gemm_nn`` with A read down a column."""
+    """darknet's ``gemm_tn``: C += ALPHA*A^T*B, like ``gemm_nn`` with A read down a column
+    (same NaN operand order as ``gemm_nn``)."""
     alpha = np.float32(ALPHA)
     for i in range(M):
         for k in range(K):
-            A_PART = alpha * A[k * lda + i]
+            a = A[k * lda + i]
+            A_PART = first_nan(a, alpha * a)
             for j in range(N):
-                C[i * ldc + j] += A_PART * B[k * ldb + j]
+                b = B[k * ldb + j]
+                product = first_nan(b, A_PART * b)
+                C[i * ldc + j] = first_nan(product, C[i * ldc + j] + product)
 
 
 @kernel
 def gemm_tt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
-    """darknet's ``gemm_tt``: C += ALPHA*A^T*B^T, a float ``sum`` over k per element, then one add."""
+    """darknet's ``gemm_tt``: C += ALPHA*A^T*B^T, a float ``sum`` over k per element, then one add
+    (same NaN operand order as ``gemm_nt``)."""
     alpha = np.float32(ALPHA)
     for i in range(M):
         for j in range(N):
             sum = np.float32(0)
             for k in range(K):
-                sum += alpha * A[i + k * lda] * B[k + j * ldb]
-            C[i * ldc + j] += sum
+                a = A[i + k * lda]
+                A_PART = first_nan(a, alpha * a)
+                product = first_nan(A_PART, A_PART * B[k + j * ldb])
+                sum = first_nan(sum, sum + product)
+            C[i * ldc + j] = first_nan(sum, C[i * ldc + j] + sum)
 
 
 @kernel
 def gemm_cpu(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
-    """darknet's ``gemm_cpu``: C *= BETA (always), then the variant chosen by TA, TB."""
+    """darknet's ``gemm_cpu``: C *= BETA (always; NaN order ``C*BETA``), then the variant
+    chosen by TA, TB."""
     beta = np.float32(BETA)
     for i in range(M):
         for j in range(N):
-            C[i * ldc + j] *= beta
+            c = C[i * ldc + j]
+            C[i * ldc + j] = first_nan(c, c * beta)
     if not TA and not TB:
         gemm_nn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc)
     elif TA and not TB:
