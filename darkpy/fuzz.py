@@ -539,7 +539,8 @@ def manifest_inputs():
 
 #: Command-line options per command, each with the words that may follow it.
 _CLI_FILES = ["@cfg", "@yaml", "@badcfg", "@hugecfg", "@case", "@badcase", "@weights", "@shortweights",
-              "@nanweights", "@missing", "@out", "@out.yaml", "@out.cfg", "@input", "@casejson"]
+              "@nanweights", "@missing", "@out", "@out.yaml", "@out.cfg", "@input", "@casejson",
+              "@underfile"]
 _CLI_NUMBERS = ["0", "1", "-1", "2", "3", "x", "1e3", "99999999999"]
 _NET_OPTIONS = [("--weights", _CLI_FILES), ("--batch", _CLI_NUMBERS), ("--input", _CLI_FILES),
                 ("--dump", _CLI_FILES), ("--force", None), ("--repeat", ["0", "1", "2", "-1", "x"]),
@@ -797,7 +798,8 @@ def _cli_fixtures(root):
     return {"@cfg": "cfg.cfg", "@yaml": "net.yaml", "@badcfg": "bad.cfg", "@hugecfg": "huge.cfg",
             "@case": "case", "@badcase": "badcase", "@weights": "w.weights", "@shortweights": "short.weights",
             "@nanweights": "nan.weights", "@missing": "missing", "@out": "out", "@out.yaml": "out.yaml",
-            "@out.cfg": "out.cfg", "@input": "input.f32", "@casejson": "case/case.json"}
+            "@out.cfg": "out.cfg", "@input": "input.f32", "@casejson": "case/case.json",
+            "@underfile": "cfg.cfg/out"}
 
 
 def _snapshot(root):
@@ -908,6 +910,11 @@ KNOWN = [
     Known("yaml-line-break-characters", ("Escaped",), "did not round-trip",
           "description.py to_yaml_text/_check_writable: keys and values holding YAML line breaks "
           "(U+0085, U+2028, U+2029) are folded when read back: refuse them or emit them escaped"),
+    Known("dump-write-os-error", ("FileNotFoundError", "NotADirectoryError", "FileExistsError", "PermissionError"),
+          "dump.py", "dump.py write_case: turn OSError (mkdir, mkdtemp, writing) into DumpError naming the path"),
+    Known("check-json-os-error", ("FileNotFoundError", "NotADirectoryError", "PermissionError",
+                                  "IsADirectoryError"), "cli.py",
+          "cli.py cmd_check: --json that cannot be written raises OSError; write with write_text_atomic"),
     Known("check-json-overwrites-input", ("Escaped",), "case.json",
           "cli.py cmd_check: refuse --json onto an input without --force; write atomically"),
 ]

@@ -174,6 +174,8 @@ KNOWN_REPRODUCERS = [
     ("dump-deep-json", "manifest", ["batchnorm", [["raw", "[" * 5000]]]),
     ("dump-long-name", "manifest", ["batchnorm", [["set", [4, 0, 0], "x" * 300]]]),
     ("yaml-line-break-characters", "cfg", "[net]\nb\x85atch=1\n"),
+    ("dump-write-os-error", "cli", ["forward", "@cfg", "--dump", "@underfile"]),
+    ("check-json-os-error", "cli", ["check", "@case", "--json", "@underfile"]),
     ("check-json-overwrites-input", "cli", ["check", "@case", "--json", "@casejson"]),
 ]
 
