@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from darkpy.check import bitwise_equal
 from darkpy.errors import DarkpyError
 from darkpy.kernels import gemm as fast
 from darkpy.kernels.reference import gemm as ref
@@ -23,11 +24,14 @@ def bits(x):
 
 
 def assert_bitwise(got, want):
+    if bitwise_equal(got, want):
+        return
     diff = np.flatnonzero(bits(got) != bits(want))
     if diff.size:
         k = diff[0]
         raise AssertionError(f"{diff.size} of {got.size} elements differ; first at {k}: "
                              f"got {got[k]!r} ({bits(got)[k]:#010x}), want {want[k]!r} ({bits(want)[k]:#010x})")
+    raise AssertionError(f"shapes differ: {got.shape} vs {want.shape}")
 
 
 def wild(rng, n, nan=False):
