@@ -126,3 +126,40 @@ def emulated_softmax(x, temp=np.float32(1)):
     for v in e:
         total = f32(total + v)
     return np.array([v / total for v in e], np.float32)
+
+
+def spacing_ulps(a, ref):
+    """max|a - ref| in ULPs of the largest |ref| (float32 spacing): the error at the tensor's scale."""
+    ref = np.asarray(ref, np.float64).ravel()
+    largest = np.float32(np.abs(ref).max())
+    return float(np.abs(np.asarray(a, np.float64).ravel() - ref).max() / np.spacing(largest))
+
+
+def run_single_node(op, inputs, attributes, opset):
+    """Run one ONNX operator on float32 inputs with ONNX Runtime's CPU provider."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+    names = [f"input{k}" for k in range(len(inputs))]
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["y"], **attributes)], "single",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in zip(names, inputs)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, dict(zip(names, inputs)))[0]
+
+
+def run_in_cuda_simulator(script):
+    """Run ``script`` in a fresh interpreter under NUMBA_ENABLE_CUDASIM=1 (the flag is read at
+    import, so the simulator needs its own process); its stdout.  Skips without numba.cuda."""
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    probe = subprocess.run([sys.executable, "-c", "import numba.cuda"], env=env, capture_output=True)
+    if probe.returncode:
+        pytest.skip("numba.cuda cannot be imported")
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout

@@ -5,20 +5,13 @@ import math
 import numpy as np
 import pytest
 
+from conftest import bits, run_in_cuda_simulator, from_hex
 from darkpy.errors import CfgError, DarkpyError
 from darkpy.kernels import activations as fast
 from darkpy.kernels.reference import activations as ref
 
 NAMES = ["logistic", "relu", "relie", "linear", "ramp", "tanh", "plse", "leaky", "elu", "loggy",
          "stair", "hardtan", "lhtan", "selu"]  # darknet's ACTIVATION enum order
-
-
-def bits(a):
-    return np.ascontiguousarray(a, np.float32).view(np.uint32)
-
-
-def f32_from_hex(words):
-    return np.array([int(w, 16) for w in words.split()], np.uint32).view(np.float32)
 
 
 # ----------------------------------------------------------------------------- names and values
@@ -97,8 +90,8 @@ GCC = {
 @pytest.mark.parametrize("module", [ref, fast], ids=["reference", "fast"])
 @pytest.mark.parametrize("name", NAMES)
 def test_bits_match_gcc_compiled_darknet(module, name):
-    x = f32_from_hex(GCC_X)
-    want_act, want_grad = (f32_from_hex(s) for s in GCC[name])
+    x = from_hex(GCC_X)
+    want_act, want_grad = (from_hex(s) for s in GCC[name])
     a = ref.get_activation(name)
     y = x.copy()
     module.activate_array(y, len(y), a)
@@ -329,15 +322,6 @@ print("MISMATCH" if bad else "BITWISE", bad)
 
 
 def test_cuda_twins_equal_reference_in_the_simulator():
-    """activations_cuda under NUMBA_ENABLE_CUDASIM=1 (a fresh interpreter: the flag is read at import)."""
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    probe = subprocess.run([sys.executable, "-c", "import numba.cuda"], env=env, capture_output=True)
-    if probe.returncode:
-        pytest.skip("numba.cuda cannot be imported")
-    run = subprocess.run([sys.executable, "-W", "ignore", "-c", CUDA_SIM_SCRIPT], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.startswith("BITWISE"), run.stdout
+    """activations_cuda under NUMBA's CUDA simulator equals the reference bitwise."""
+    out = run_in_cuda_simulator(CUDA_SIM_SCRIPT)
+    assert out.startswith("BITWISE"), out

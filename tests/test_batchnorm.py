@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN, golden_cases, shared_path
-from darkpy import kernels
 from darkpy.check import bitwise_equal, ulp_distance
 from darkpy.dump import read_case
 from darkpy.errors import ShapeError
@@ -21,14 +20,6 @@ from darkpy.layers import batchnorm
 
 FORWARD_TENSORS = ("output", "x", "x_norm", "mean", "variance", "rolling_mean", "rolling_variance")
 BACKWARD_TENSORS = ("bias_updates", "scale_updates", "mean_delta", "variance_delta", "delta")
-
-
-@pytest.fixture(params=["reference", "fast"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
 
 
 def make_net(input, train, delta=None):

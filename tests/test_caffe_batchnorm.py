@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import run_single_node, spacing_ulps
 from darkpy import description, kernels
 from darkpy.check import bitwise_equal, ulp_distance
 from darkpy.errors import CfgError, ShapeError
@@ -32,14 +33,6 @@ from darkpy.layers import batchnorm, caffe_batchnorm
 from darkpy.network import SizeParams, build_network, forward_network, backward_network
 
 f32 = np.float32
-
-
-@pytest.fixture(params=["reference", "fast"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
 
 
 @pytest.fixture
@@ -70,12 +63,6 @@ def sample(seed, shape):
 def layer_for(shape, **options):
     b, c, h, w = shape
     return caffe_batchnorm.make_caffe_batchnorm_layer(b, w, h, c, **options)
-
-
-def spacing_ulps(a, ref):
-    """max|a - ref| in ULPs of the largest |ref| (float32 spacing): the error at the tensor's scale."""
-    ref = np.asarray(ref, np.float64).ravel()
-    return float(np.abs(np.asarray(a, np.float64).ravel() - ref).max() / np.spacing(f32(np.abs(ref).max())))
 
 
 # ----------------------------------------------------------------------------- fast vs reference
@@ -337,21 +324,6 @@ def test_onnx_runtime_batchnormalization_inference():
     print(f"caffe batchnorm vs ONNX Runtime: {distance:.2f} ULPs at scale, "
           f"element-wise max {ulp_distance(ours, ort).max()} ULPs")
     assert distance <= 8
-
-
-def run_single_node(op, inputs, attributes, opset):
-    """Run one ONNX operator on float32 inputs with ONNX Runtime's CPU provider."""
-    import onnxruntime
-    from onnx import TensorProto, helper
-    names = [f"input{k}" for k in range(len(inputs))]
-    graph = helper.make_graph(
-        [helper.make_node(op, names, ["y"], **attributes)], "single",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in zip(names, inputs)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, dict(zip(names, inputs)))[0]
 
 
 # ----------------------------------------------------------------------------- parse, network

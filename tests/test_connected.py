@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import darkpy.kernels as kernels
+from conftest import bits, from_hex
 from darkpy.description import parse_cfg_text
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels.reference.activations import LEAKY, LINEAR, LOGISTIC, TANH
@@ -15,25 +16,9 @@ from darkpy.layers import activation, connected
 from darkpy.network import build_network
 
 
-def bits(a):
-    return np.ascontiguousarray(a, np.float32).view(np.uint32)
-
-
-def hexwords(words):
-    return np.array([int(w, 16) for w in words.split()], np.uint32).view(np.float32)
-
-
 def vals(n, k, off=0.):
     """Small exact float32 test values: ((i*k + 5) mod 23 - 11)/8 + off."""
     return (((np.arange(n) * k + 5) % 23) - 11).astype(np.float32) / np.float32(8) + np.float32(off)
-
-
-@pytest.fixture(params=["reference", "fast"])
-def implementation(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
 
 
 # The tensors below were computed by darknet itself (f6afaabc, libdarknet.a built with gcc 12.2
@@ -42,7 +27,7 @@ def implementation(request):
 # Order: output, [x, x_norm, mean, variance, rolling_mean, rolling_variance], delta, net_delta,
 # weight_updates, bias_updates, [scale_updates, mean_delta, variance_delta], weights, biases,
 # [scales], weight_updates_after, bias_updates_after, [scale_updates_after].
-DARKNET_CONNECTED = hexwords(
+DARKNET_CONNECTED = from_hex(
     "3ea98887 3f26bf31 3ee616cb 3ddd922c 3f5b1910 3e0827c7 be2a18a2 3e1156b5 be5db48a 3d459975 bdfca961 3d3113cf "
     "bec46dd5 bec12e4c 3d17eefc 3fc6983e bf68b96c bf27ddd9 3e9793f2 3f64a4ed 3f9d165e bf867c28 bf123698 3ebdee3e "
     "bfb62ccc beaf549b 3f3d04fc bf8f640a 3ebb99f8 3fbfca96 be7a8a8e 3f63258d bf49fac1 3e1644e5 3f9a7762 bf1bb3b3 "
@@ -50,7 +35,7 @@ DARKNET_CONNECTED = hexwords(
     "3eff5f53 3fb09126 bf210254 3e806002 3f90c588 bf60c703 3b140c98 bf411c62 bf004bd6 be7f9b70 bf036b4c 3eaae146 "
     "bfa4129c be9d562e 3f2a2575 bf81235a 3ea96ad4 3faca7c9 be61f2a9 3f4c1d7e bf35a336 3e070306 3f8ae3de bf0bee1e "
     "3ed031b6 bf47f4e9 be554afc 3d8d6a58")
-DARKNET_CONNECTED_BN = hexwords(
+DARKNET_CONNECTED_BN = from_hex(
     "bcd68a63 be3765ce be253afe 400f6a8a bd19686e be47ab0e 3e100000 bea80000 bf4c0000 40360000 3d800000 bee80000 "
     "3f269bac bf0b27cc bf936252 3f93b808 3f0028fa bf1c4844 be4aaaab 3f300000 3e8a8aaa 405f6c00 bf3e9630 bdef5c29 "
     "3fde1b3b 3fb2b55c 3c8ed3ef bd613097 3a88295e 3e02097d bc975688 bd937aac bf419697 be27fdcd 3f160e6b 3f906842 "
@@ -59,7 +44,7 @@ DARKNET_CONNECTED_BN = hexwords(
     "bf40a3c2 3e0146dc 3f7ed27c bf801b8d bdf8c956 3f3f6841 bf9ff88b bebdf73b bf40dd2f beff6715 3f3f5c92 40181c68 "
     "bf2cb6bd 3eac5e18 bf9f00dd be687652 3f7374ef bf200bad 3d7ba54c 3f89500f bf6947ad 3ea147ae bf2c5e12 3eefb09f")
 # activation layer (tanh), batch 2, 6 inputs: output, delta, net_delta
-DARKNET_ACTIVATION = hexwords(
+DARKNET_ACTIVATION = from_hex(
     "bf22991f beb77a9f 00000000 3eb77a9f 3f22991f 3f4f2e5b bf613c53 bf42f7d6 bf0dfa3f be7acbf5 3dfeacc9 3eec9a9f "
     "bee516c6 3f0b73eb bf600000 3edf1fde bf18b9d9 3e047e00 be821f0a 3dd706e0 bf5d92fa 3df0a4d0 bfad4745 00000000 "
     "bee516c6 3f0b73eb bf600000 3edf1fde bf18b9d9 3e047e00 be821f0a 3dd706e0 bf5d92fa 3df0a4d0 bfad4745 00000000")
@@ -92,17 +77,17 @@ def run_connected(batch, inputs, outputs, act, bn):
     return np.concatenate(out)
 
 
-def test_connected_matches_darknet_bitwise(implementation):
+def test_connected_matches_darknet_bitwise(impl):
     got = run_connected(2, 5, 3, LOGISTIC, 0)
     assert np.array_equal(bits(got), bits(DARKNET_CONNECTED))
 
 
-def test_connected_batchnorm_matches_darknet_bitwise(implementation):
+def test_connected_batchnorm_matches_darknet_bitwise(impl):
     got = run_connected(3, 4, 2, LEAKY, 1)
     assert np.array_equal(bits(got), bits(DARKNET_CONNECTED_BN))
 
 
-def test_activation_layer_matches_darknet_bitwise(implementation):
+def test_activation_layer_matches_darknet_bitwise(impl):
     l = activation.make_activation_layer(2, 6, TANH)
     net = types.SimpleNamespace(input=vals(12, 3), delta=vals(12, 5), train=1, truth=None, index=0, workspace=None)
     l.forward(l, net)

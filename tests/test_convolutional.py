@@ -14,19 +14,7 @@ from darkpy.kernels.reference.activations import LEAKY, LINEAR, LOGISTIC, get_ac
 from darkpy.layer import UpdateArgs
 from darkpy.layers import convolutional
 from darkpy.network import SizeParams, build_network
-from conftest import GOLDEN, golden_cases
-
-
-def bits(a):
-    return np.ascontiguousarray(a, np.float32).view(np.uint32)
-
-
-@pytest.fixture(params=["reference", "fast"])
-def implementation(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
+from conftest import GOLDEN, bits, golden_cases
 
 
 # ----------------------------------------------------------------------------- golden dumps
@@ -87,11 +75,11 @@ def test_golden_conv_cases_present():
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_golden_case_bitwise(case, implementation):
+def test_golden_case_bitwise(case, impl):
     got, expected = run_golden_case(GOLDEN / case)
     assert set(expected) <= set(got), set(expected) - set(got)
     differing = [name for name in expected if not np.array_equal(bits(got[name]), bits(expected[name]))]
-    assert not differing, f"{case} ({implementation}): {differing} differ"
+    assert not differing, f"{case} ({impl}): {differing} differ"
 
 
 def test_golden_check_case_integration():

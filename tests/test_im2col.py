@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 
+from conftest import bits, run_in_cuda_simulator
 from darkpy.errors import DarkpyError
 from darkpy.kernels import im2col as fast
 from darkpy.kernels.reference import im2col as ref
-
-
-def bits(a):
-    return np.ascontiguousarray(a, np.float32).view(np.uint32)
 
 
 def naive_im2col(im, channels, height, width, ksize, stride, pad):
@@ -185,15 +182,6 @@ print("MISMATCH" if bad else "BITWISE", bad)
 
 
 def test_cuda_twins_equal_reference_in_the_simulator():
-    """im2col_cuda under NUMBA_ENABLE_CUDASIM=1 (a fresh interpreter: the flag is read at import)."""
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    probe = subprocess.run([sys.executable, "-c", "import numba.cuda"], env=env, capture_output=True)
-    if probe.returncode:
-        pytest.skip("numba.cuda cannot be imported")
-    run = subprocess.run([sys.executable, "-W", "ignore", "-c", CUDA_SIM_SCRIPT], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.startswith("BITWISE"), run.stdout
+    """im2col_cuda under NUMBA's CUDA simulator equals the reference bitwise."""
+    out = run_in_cuda_simulator(CUDA_SIM_SCRIPT)
+    assert out.startswith("BITWISE"), out

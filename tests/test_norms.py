@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import run_single_node, spacing_ulps
 from darkpy import description, kernels, layers
 from darkpy.check import bitwise_equal, ulp_distance
 from darkpy.errors import CfgError, ShapeError
@@ -35,14 +36,6 @@ from darkpy.network import SizeParams, backward_network, build_network, forward_
 
 f32 = np.float32
 f64 = np.float64
-
-
-@pytest.fixture(params=["reference", "fast"])
-def impl(request):
-    before = kernels.active()
-    kernels.use(request.param)
-    yield request.param
-    kernels.use(before)
 
 
 @pytest.fixture
@@ -91,12 +84,6 @@ def run_layer(l, x, dy, scales, biases):
     net_delta = np.zeros(x.size, np.float32)
     l.backward(l, make_net(None, 1, net_delta))
     return net_delta, l
-
-
-def spacing_ulps(a, ref):
-    """max|a - ref| in ULPs of the largest |ref| (float32 spacing): the error at the tensor's scale."""
-    ref = np.asarray(ref, np.float64).ravel()
-    return float(np.abs(np.asarray(a, np.float64).ravel() - ref).max() / np.spacing(f32(np.abs(ref).max())))
 
 
 # ----------------------------------------------------------------------------- transposition = direct loop
@@ -343,20 +330,6 @@ def test_update_is_darknets_sgd_on_scales_and_biases(impl):
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
-
-def run_single_node(op, inputs, attributes, opset):
-    """Run one ONNX operator on float32 inputs with ONNX Runtime's CPU provider."""
-    import onnxruntime
-    from onnx import TensorProto, helper
-    names = [f"input{k}" for k in range(len(inputs))]
-    graph = helper.make_graph(
-        [helper.make_node(op, names, ["y"], **attributes)], "single",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in zip(names, inputs)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, dict(zip(names, inputs)))[0]
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
