@@ -163,3 +163,12 @@ def run_in_cuda_simulator(script):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout
+
+
+def squared_magnitude(delta):
+    """C's ``pow(mag_array(delta, n), 2)`` in numpy: the float sum of float squares (in element
+    order), its double sqrt rounded to float, squared in double and rounded to the float cost."""
+    delta = np.asarray(delta, np.float32)
+    total = np.cumsum(delta * delta, dtype=np.float32)[-1] if delta.size else np.float32(0)
+    magnitude = np.float32(math.sqrt(float(total)))
+    return np.float32(float(magnitude) * float(magnitude))

@@ -113,8 +113,12 @@ def test_dropout_gradient(seeded):
 
 
 def test_dropout_backward_without_delta():
+    """The first layer of a network has no net.delta: backward returns and touches nothing."""
     l = dropout.make_dropout_layer(1, 4, np.float32(.5))
+    l.rand[:] = [.1, .9, .4, .6]
+    before = l.rand.copy()
     l.backward(l, SimpleNamespace(delta=None))
+    assert bitwise_equal(l.rand, before)
 
 
 def test_dropout_kernels_fast_equals_reference():

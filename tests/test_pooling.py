@@ -185,8 +185,12 @@ def test_maxpool_gradient(shape):
 
 
 def test_maxpool_backward_without_net_delta():
+    """No net.delta (a first layer): backward returns and leaves the layer's buffers alone."""
     l = maxpool.make_maxpool_layer(1, 2, 2, 1, 2, 2, 0)
+    l.delta[:] = 3
+    l.indexes[:] = 2
     l.backward(l, SimpleNamespace(input=np.ones(4, np.float32), delta=None))
+    assert bitwise_equal(l.delta, [3]) and list(l.indexes) == [2]
 
 
 # --------------------------------------------------------------------- avgpool layer
