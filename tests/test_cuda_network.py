@@ -2,8 +2,9 @@
 under Numba's CUDA simulator; device selection errors.
 
 Simulated cases (strict): every batchnorm case of up to 2,000 elements and two
-convolutional cases (a 1x1 leaky layer and a 3x3 logistic layer with
-im2col/col2im); the larger cases pass too but take the simulator minutes.
+convolutional cases (1x1 leaky, 1x1 linear with batchnorm); the 3x3 path
+(im2col/col2im) runs in the network tests.  The larger cases pass too but take
+the simulator from seconds to minutes each (see CUDA.md).
 """
 
 import os
@@ -28,9 +29,20 @@ from darkpy.layer import UpdateArgs  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """The simulator runs one Python thread per CUDA thread: the elementwise kernels of
+    activations_cuda/im2col_cuda (one thread per element, geometry-independent results)
+    get 32-thread blocks here instead of 512."""
+    if dcuda.simulator():
+        from darkpy.kernels import activations_cuda, im2col_cuda
+        monkeypatch.setattr(activations_cuda, "BLOCK", 32)
+        monkeypatch.setattr(im2col_cuda, "BLOCK", 32)
+
+
 SMALL_BN = ["bn-b1c1h1w1", "bn-b1c3h1w2", "bn-b2c3h5w7", "bn-b2c5h4w4-infer", "bn-b2c6h3w5-infer",
             "bn-b3c5h7w3", "bn-b4c8h1w1"]
-CONV = ["conv-b3c5h5w5-n3s1x1p0g1-leaky", "conv-b2c3h7w5-n4s3x1p1g1-logistic"]
+CONV = ["conv-b3c5h5w5-n3s1x1p0g1-leaky", "conv-b1c8h6w6-n5s1x1p0g1-linear-bn"]
 
 
 @pytest.mark.parametrize("name", SMALL_BN + CONV)
@@ -171,3 +183,114 @@ def test_no_gpu_without_simulator_is_a_device_error():
         pytest.skip("a real GPU is present")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("no CUDA GPU/driver:")
+
+
+YOLO_CFG = """[net]
+batch=1
+height=4
+width=4
+channels=2
+learning_rate=0.01
+momentum=0.9
+decay=0.0005
+
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=4
+size=1
+stride=1
+pad=0
+activation=leaky
+
+[shortcut]
+from=-2
+activation=linear
+
+[maxpool]
+size=2
+stride=1
+
+[convolutional]
+filters=18
+size=1
+stride=1
+pad=0
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=1,1, 2,3, 3,2
+classes=1
+num=3
+
+[route]
+layers=-3
+
+[upsample]
+stride=2
+
+[route]
+layers=-1,0
+
+[convolutional]
+filters=18
+size=1
+stride=1
+pad=0
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=1,1, 2,3, 3,2
+classes=1
+num=3
+"""
+
+
+def test_device_network_yolo_layers_equal_cpu(tmp_path):
+    """maxpool (overlapping), shortcut, route, upsample and two yolo layers (training,
+    loss on the host) on the device equal the CPU network: outputs, deltas, cost."""
+    from darkpy.description import load
+    from darkpy.network import backward_network, build_network, forward_network
+    cfg = tmp_path / "yolo.cfg"
+    cfg.write_text(YOLO_CFG)
+
+    def build():
+        net = build_network(load(cfg))
+        r = np.random.default_rng(11)
+        for l in net.layers:
+            for field in ("weights", "biases", "scales", "rolling_mean", "rolling_variance"):
+                buf = getattr(l, field)
+                if isinstance(buf, np.ndarray) and l.type != "yolo":
+                    buf[:] = (r.standard_normal(buf.size) * .5).astype(np.float32)
+            if l.rolling_variance is not None:
+                l.rolling_variance[:] = np.abs(l.rolling_variance) + np.float32(.1)
+        net.input[:] = r.standard_normal(net.input.size).astype(np.float32)
+        net.truth[:5] = np.array([.3, .4, .2, .3, 0], np.float32)
+        net.truth[5:10] = np.array([.7, .6, .4, .5, 0], np.float32)
+        net.train = 1
+        return net
+
+    cpu, host = build(), build()
+    dev = DeviceNetwork(host)
+    forward_network(cpu)
+    dev.forward()
+    assert bitwise_equal(cpu.cost, host.cost) and cpu.cost[0] > 0
+    backward_network(cpu)
+    dev.backward()
+    for i, l in enumerate(cpu.layers):
+        d = dev.pull_layer(i)
+        for field in ("output", "delta"):
+            if getattr(l, field) is not None:
+                assert bitwise_equal(getattr(l, field), getattr(d, field)), (i, l.type, field)
