@@ -15,7 +15,6 @@
 5. parse, options and errors; a network with a style=caffe layer.
 """
 
-import inspect
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,20 +32,6 @@ from darkpy.layers import batchnorm, caffe_batchnorm
 from darkpy.network import SizeParams, build_network, forward_network, backward_network
 
 f32 = np.float32
-
-
-@pytest.fixture
-def caffe_style(monkeypatch):
-    """``[batchnorm] style=caffe`` through the network builder: until batchnorm.parse has the
-    dispatch hook (the lead's change, see caffe_batchnorm's report), install it for this test."""
-    if "caffe" not in inspect.getsource(batchnorm.parse):
-        original = batchnorm.parse
-
-        def parse(section, params):
-            if section.find_str("style", "darknet") == "caffe":
-                return caffe_batchnorm.parse(section, params)
-            return original(section, params)
-        monkeypatch.setattr(batchnorm, "parse", parse)
 
 
 def make_net(input, train, delta=None):
@@ -358,7 +343,7 @@ def test_parse_errors():
         caffe_batchnorm.make_caffe_batchnorm_layer(0, 3, 2, 4)
 
 
-def test_network_with_a_caffe_batchnorm(caffe_style, impl):
+def test_network_with_a_caffe_batchnorm(impl):
     text = ("[net]\nbatch=2\nwidth=4\nheight=3\nchannels=2\n"
             "[convolutional]\nfilters=3\nsize=3\npad=1\nactivation=linear\n"
             "[batchnorm]\nstyle=caffe\n[batchnorm]\n")

@@ -8,39 +8,17 @@ leave the network it is given untouched.
 """
 
 import copy
-import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from darkpy import description, gradcheck, layers
+from darkpy import description, gradcheck
 from darkpy.gradcheck import (GradRow, central_differences, format_rows, gradcheck_network,
                               main_gradcheck, rel_error)
-from darkpy.layers import batchnorm, caffe_batchnorm
 from darkpy.network import build_network, randomize_parameters
 
 CFG = Path(__file__).resolve().parent.parent / "cfg" / "norms-mix.cfg"
-
-
-@pytest.fixture
-def registered(monkeypatch):
-    """Until the owners add them (see the report of issue 10), register [layernorm],
-    [instancenorm], [groupnorm] with the description reader and the layer table, and
-    dispatch [batchnorm] style=caffe, for this test only; no-ops once they are in."""
-    for name in ("layernorm", "instancenorm", "groupnorm"):
-        if name not in description.LAYER_TYPES:
-            monkeypatch.setitem(description.LAYER_TYPES, name, name)
-        if name not in layers.MODULES:
-            monkeypatch.setitem(layers.MODULES, name, name)
-    if "caffe" not in inspect.getsource(batchnorm.parse):
-        original = batchnorm.parse
-
-        def parse(section, params):
-            if section.find_str("style", "darknet") == "caffe":
-                return caffe_batchnorm.parse(section, params)
-            return original(section, params)
-        monkeypatch.setattr(batchnorm, "parse", parse)
 
 
 def network(text, seed=0):
@@ -55,7 +33,7 @@ def by_check(rows, index):
 
 # ----------------------------------------------------------------------------- the mixed network
 
-def test_norms_mix_passes_and_prints_the_table(registered, capsys):
+def test_norms_mix_passes_and_prints_the_table(capsys):
     assert main_gradcheck([str(CFG)]) == 0
     out = capsys.readouterr().out
     for word in ("convolutional", "batchnorm(caffe)", "layernorm", "instancenorm", "groupnorm",
@@ -64,7 +42,7 @@ def test_norms_mix_passes_and_prints_the_table(registered, capsys):
     assert "FAIL" not in out
 
 
-def test_norms_mix_rows(registered):
+def test_norms_mix_rows():
     from darkpy.network import load_network
     net = load_network(CFG)
     randomize_parameters(net, 1)
@@ -82,7 +60,7 @@ def test_norms_mix_rows(registered):
     assert set(by_check(rows, 2)["gradient"].errors) == {"input", "scales", "biases"}
 
 
-def test_layer_selection_and_errors(registered, capsys):
+def test_layer_selection_and_errors(capsys):
     assert main_gradcheck([str(CFG), "--layers", "1,2", "--seed", "3", "--eps", "1e-5"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line[:5].strip().isdigit()]
     assert {int(line[:5]) for line in lines} == {1, 2}
@@ -91,7 +69,7 @@ def test_layer_selection_and_errors(registered, capsys):
     assert main_gradcheck([str(CFG) + ".missing"]) == 2
 
 
-def test_network_is_left_untouched(registered):
+def test_network_is_left_untouched():
     net = network("[convolutional]\nbatch_normalize=1\nfilters=2\nsize=3\npad=1\nactivation=leaky\n"
                   "[batchnorm]\nstyle=caffe\n[groupnorm]\ngroups=2\n")
     before = [{k: copy.deepcopy(getattr(l, k)) for k in ("output", "delta", "weights", "biases", "scales",
@@ -126,7 +104,7 @@ def test_darknet_batchnorm_departures_are_stated():
 
 
 @pytest.mark.parametrize("activation", ["relu", "logistic", "tanh", "linear"])
-def test_connected_and_convolutional_layers(registered, activation):
+def test_connected_and_convolutional_layers(activation):
     net = network(f"[convolutional]\nfilters=3\nsize=3\nstride=2\npad=1\nactivation={activation}\n"
                   f"[connected]\noutput=5\nactivation={activation}\n"
                   f"[connected]\noutput=3\nbatch_normalize=1\nactivation={activation}\n")
@@ -136,7 +114,7 @@ def test_connected_and_convolutional_layers(registered, activation):
     assert set(by_check(rows, 1)["gradient"].errors) == {"input", "weights", "biases"}
 
 
-def test_caffe_global_statistics_and_skipped_layers(registered):
+def test_caffe_global_statistics_and_skipped_layers():
     net = network("[batchnorm]\nstyle=caffe\nuse_global_stats=1\n[maxpool]\nsize=2\nstride=2\n")
     l = net.layers[0]
     l.rolling_mean[:] = [.5, -1]
@@ -150,7 +128,7 @@ def test_caffe_global_statistics_and_skipped_layers(registered):
 
 # ----------------------------------------------------------------------------- it can fail
 
-def test_a_wrong_backward_formula_fails(registered, monkeypatch, capsys):
+def test_a_wrong_backward_formula_fails(monkeypatch, capsys):
     right = gradcheck.GroupnormTwin.backward.__func__
 
     def wrong(cls, l, x, p, r, mode):
@@ -163,7 +141,7 @@ def test_a_wrong_backward_formula_fails(registered, monkeypatch, capsys):
     assert "FAIL" in out and "outside their bound" in out
 
 
-def test_a_wrong_float32_layer_fails(registered):
+def test_a_wrong_float32_layer_fails():
     net = network("[groupnorm]\ngroups=1\n")
     l = net.layers[0]
     right = l.backward

@@ -14,7 +14,6 @@
 5. update (darknet's SGD convention on scales and biases), parse, errors, networks.
 """
 
-import inspect
 import math
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import run_single_node, spacing_ulps
-from darkpy import description, kernels, layers
+from darkpy import description, kernels
 from darkpy.check import bitwise_equal, ulp_distance
 from darkpy.errors import CfgError, ShapeError
 from darkpy.gradcheck import central_differences, gradcheck_layer, rel_error
@@ -36,18 +35,6 @@ from darkpy.network import SizeParams, backward_network, build_network, forward_
 
 f32 = np.float32
 f64 = np.float64
-
-
-@pytest.fixture
-def norm_sections(monkeypatch):
-    """Section names for the network builder: until darkpy/description.py and
-    darkpy/layers/__init__.py know [layernorm], [instancenorm], [groupnorm] (the owners'
-    change), register them for this test only; a no-op once they do."""
-    for name in ("layernorm", "instancenorm", "groupnorm"):
-        if name not in description.LAYER_TYPES:
-            monkeypatch.setitem(description.LAYER_TYPES, name, name)
-        if name not in layers.MODULES:
-            monkeypatch.setitem(layers.MODULES, name, name)
 
 
 def make_net(input, train=1, delta=None):
@@ -370,33 +357,33 @@ def params(batch=2, h=2, w=3, c=4):
     return SizeParams(batch=batch, inputs=h * w * c, h=h, w=w, c=c, index=0, time_steps=1, net=None)
 
 
-def section(norm_sections, text):
+def section(text):
     return description.parse_cfg_text("[net]\nwidth=3\nheight=2\nchannels=4\n" + text).layers[0]
 
 
-def test_parse(norm_sections):
-    l = layernorm.parse(section(norm_sections, "[layernorm]\n"), params())
+def test_parse():
+    l = layernorm.parse(section("[layernorm]\n"), params())
     assert (l.type, l.groups, l.eps, l.c, l.h, l.w, l.batch) == ("layernorm", 1, f32(1e-5), 4, 2, 3, 2)
-    l = instancenorm.parse(section(norm_sections, "[instancenorm]\neps=.001\n"), params())
+    l = instancenorm.parse(section("[instancenorm]\neps=.001\n"), params())
     assert (l.type, l.groups, l.eps) == ("instancenorm", 4, f32(.001))
-    s = section(norm_sections, "[groupnorm]\ngroups=2\neps=1e-6\n")
+    s = section("[groupnorm]\ngroups=2\neps=1e-6\n")
     l = groupnorm.parse(s, params())
     assert (l.type, l.groups, l.eps, l.mean.size) == ("groupnorm", 2, f32(1e-6), 4)
     assert not s.unused() and l.update is groupnorm.update
 
 
-def test_parse_errors(norm_sections):
+def test_parse_errors():
     with pytest.raises(CfgError, match="groups"):
-        groupnorm.parse(section(norm_sections, "[groupnorm]\n"), params())
+        groupnorm.parse(section("[groupnorm]\n"), params())
     with pytest.raises(ShapeError, match="divide"):
-        groupnorm.parse(section(norm_sections, "[groupnorm]\ngroups=3\n"), params())
+        groupnorm.parse(section("[groupnorm]\ngroups=3\n"), params())
     with pytest.raises(ShapeError, match="eps"):
-        layernorm.parse(section(norm_sections, "[layernorm]\neps=-1\n"), params())
+        layernorm.parse(section("[layernorm]\neps=-1\n"), params())
     with pytest.raises(ShapeError):
         groupnorm.make_groupnorm_layer(2, 3, 2, 4, 0)
 
 
-def test_network_of_norms(norm_sections, impl):
+def test_network_of_norms(impl):
     text = ("[net]\nbatch=2\nwidth=3\nheight=2\nchannels=4\n"
             "[layernorm]\n[instancenorm]\neps=.001\n[groupnorm]\ngroups=2\n")
     net = build_network(description.parse_cfg_text(text))
@@ -418,31 +405,10 @@ def test_network_of_norms(norm_sections, impl):
 
 # ----------------------------------------------------------------------------- weights
 
-def proposed_layer_tensors(original):
-    """darkpy.weights._layer_tensors with the dispatch proposed to its owner (issue 10's report):
-    the norm layers' scales and biases, a Caffe batchnorm's three blobs, via weight_tensors()."""
+
+def test_weights_round_trip(tmp_path):
     from darkpy import weights
     from darkpy.layers import caffe_batchnorm
-
-    def layer_tensors(l, index, loading, transpose, path):
-        if l.type in ("layernorm", "instancenorm", "groupnorm") or \
-                (l.type == "batchnorm" and getattr(l, "style", "darknet") == "caffe"):
-            module = caffe_batchnorm if l.type == "batchnorm" else groupnorm
-            return [weights._Tensor(index, l.type, name, array, count)
-                    for name, array, count in module.weight_tensors(l)]
-        return original(l, index, loading, transpose, path)
-    return layer_tensors
-
-
-def test_weights_round_trip_with_the_proposed_dispatch(norm_sections, monkeypatch, tmp_path):
-    from darkpy import weights
-    from darkpy.layers import batchnorm, caffe_batchnorm
-    if "caffe" not in inspect.getsource(batchnorm.parse):
-        original_parse = batchnorm.parse
-        monkeypatch.setattr(batchnorm, "parse", lambda s, p: caffe_batchnorm.parse(s, p)
-                            if s.find_str("style", "darknet") == "caffe" else original_parse(s, p))
-    if "weight_tensors" not in inspect.getsource(weights._layer_tensors):
-        monkeypatch.setattr(weights, "_layer_tensors", proposed_layer_tensors(weights._layer_tensors))
     text = ("[net]\nbatch=1\nwidth=3\nheight=2\nchannels=4\n[layernorm]\n[batchnorm]\nstyle=caffe\n"
             "[instancenorm]\n[groupnorm]\ngroups=2\n")
     nets = [build_network(description.parse_cfg_text(text)) for _ in range(2)]
