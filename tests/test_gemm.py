@@ -255,10 +255,11 @@ def test_reference_against_float64_product(TA, TB):
 
 
 def test_large_shapes_match_reference():
-    """One yolov3-tiny-like shape per variant, big enough to run several threads and K chunks."""
+    """Shapes big enough for the threaded path (several blocks of C) and several K chunks."""
     rng = np.random.default_rng(23)
-    for TA, TB, M, N, K in ((0, 0, 32, 700, 300), (0, 1, 40, 144, 676), (1, 0, 144, 300, 40),
-                            (1, 1, 20, 70, 530)):
+    assert fast.PARALLEL_WORK <= 1 << 20  # the shapes below must take the threaded path
+    for TA, TB, M, N, K in ((0, 0, 32, 700, 300), (0, 1, 70, 600, 40), (1, 0, 144, 300, 40),
+                            (1, 1, 70, 530, 30), (0, 1, 40, 144, 676)):
         A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K)
         got, want = run_both(TA, TB, M, N, K, 1.0, A, lda, B, ldb, 1.0, C, ldc)
         assert_bitwise(got, want)

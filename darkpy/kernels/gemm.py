@@ -51,6 +51,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, models, register_model
 
+from darkpy.errors import DarkpyError
 from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.blas import first_nan
 from darkpy.kernels.reference.gemm import check_gemm_args
@@ -65,6 +66,9 @@ NC = 512
 #: The blocks of C are dealt out in at most this many contiguous runs (prange iterations),
 #: each allocating its packing buffers once.
 WORKERS = 64
+#: Below this many multiply-adds a gemm runs in the calling thread (waking the
+#: thread pool costs more than the work).
+PARALLEL_WORK = 1 << 20
 
 # ---------------------------------------------------------------------------
 # An 8 x float32 vector value for Numba: a type, its LLVM representation
@@ -587,12 +591,8 @@ def _sum_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, 
 
 
 @pkernel
-def _gemm_accumulate(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
-    """gemm_nn / gemm_tn: the blocks of C shared out among the threads."""
-    alpha = np.float32(ALPHA)
-    beta = np.float32(BETA)
-    ntasks = (N + NC - 1) // NC
-    tasks = ((M + MC - 1) // MC) * ntasks
+def _accumulate_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc):
+    """The blocks of gemm_nn / gemm_tn dealt out among the threads."""
     workers = min(WORKERS, tasks)
     for w in prange(workers):
         _accumulate_tasks(w * tasks // workers, (w + 1) * tasks // workers, ntasks,
@@ -600,16 +600,39 @@ def _gemm_accumulate(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
 
 
 @pkernel
-def _gemm_sum(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
-    """gemm_nt / gemm_tt: the blocks of C shared out among the threads."""
-    alpha = np.float32(ALPHA)
-    beta = np.float32(BETA)
-    ntasks = (N + NC - 1) // NC
-    tasks = ((M + MC - 1) // MC) * ntasks
+def _sum_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc):
+    """The blocks of gemm_nt / gemm_tt dealt out among the threads."""
     workers = min(WORKERS, tasks)
     for w in prange(workers):
         _sum_tasks(w * tasks // workers, (w + 1) * tasks // workers, ntasks,
                    TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+
+
+@kernel
+def _gemm_accumulate(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
+    """gemm_nn (TA=0) / gemm_tn (TA=1) over all of C: in the calling thread when the work is
+    too small to be worth waking the others."""
+    alpha = np.float32(ALPHA)
+    beta = np.float32(BETA)
+    ntasks = (N + NC - 1) // NC
+    tasks = ((M + MC - 1) // MC) * ntasks
+    if tasks == 1 or M * N * max(K, 1) < PARALLEL_WORK:
+        _accumulate_tasks(0, tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+    else:
+        _accumulate_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+
+
+@kernel
+def _gemm_sum(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
+    """gemm_nt (TA=0) / gemm_tt (TA=1) over all of C, like ``_gemm_accumulate``."""
+    alpha = np.float32(ALPHA)
+    beta = np.float32(BETA)
+    ntasks = (N + NC - 1) // NC
+    tasks = ((M + MC - 1) // MC) * ntasks
+    if tasks == 1 or M * N * max(K, 1) < PARALLEL_WORK:
+        _sum_tasks(0, tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+    else:
+        _sum_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
 
 
 # ---------------------------------------------------------------------------
@@ -621,7 +644,6 @@ def gemm(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
     check_gemm_args(TA, TB, M, N, K, A, lda, B, ldb, C, ldc)
     for name, buf in (("A", A), ("B", B), ("C", C)):
         if not buf.flags.c_contiguous:
-            from darkpy.errors import DarkpyError
             raise DarkpyError(f"gemm: {name} must be contiguous (a flat buffer or a slice of one)")
     gemm_cpu(int(TA), int(TB), int(M), int(N), int(K), np.float32(ALPHA), A, int(lda),
              B, int(ldb), np.float32(BETA), C, int(ldc))
