@@ -316,3 +316,71 @@ def test_no_fused_multiply_add_in_generated_code():
     for name in ("gemm_nn", "gemm_nt"):
         asm = _asm(getattr(ref, name), 4, 4, 4, np.float32(1), A, 4, B, 4, C, 4)
         assert "mulss" in asm and "fmadd" not in asm
+
+
+# ---------------------------------------------------------------- golden dumps of darknet
+
+def _conv_cases():
+    from conftest import golden_cases
+    return golden_cases("conv-")
+
+
+def _load(case_dir):
+    import json
+    case = json.loads((case_dir / "case.json").read_text())
+    tensors = {t["name"]: np.fromfile(case_dir / t["file"], "<f4") for t in case["tensors"]}
+    return case["params"], tensors
+
+
+@pytest.mark.parametrize("module", [ref, fast], ids=["reference", "fast"])
+@pytest.mark.parametrize("case", _conv_cases())
+def test_golden_convolution_gemms(case, module):
+    """The three gemm calls of darknet's convolutional layer, replayed on a golden dump:
+    forward ``gemm(0,0)`` (= ``x``, the output before batchnorm), ``weight_updates``
+    ``gemm(0,1)`` and the delta for the previous layer ``gemm(1,0, BETA=0)`` (+ col2im)."""
+    from conftest import GOLDEN
+    from darkpy.kernels.reference.im2col import col2im_cpu, im2col_cpu
+    p, t = _load(GOLDEN / case)
+    batch, c, h, w, size, stride, pad, groups = (p[k] for k in
+                                                 ("batch", "c", "h", "w", "size", "stride", "padding", "groups"))
+    filters, out_h, out_w = p["filters"], p["out_h"], p["out_w"]
+    m, n_out, k_in = filters // groups, out_h * out_w, size * size * c // groups
+    nweights = filters * c // groups * size * size
+    workspace = np.zeros(k_in * n_out, np.float32)
+
+    def image(buf, i, j):
+        return buf[(i * groups + j) * c // groups * h * w:]
+
+    def columns(i, j):
+        if size == 1:
+            return image(t["input"], i, j)
+        im2col_cpu(image(t["input"], i, j), c // groups, h, w, size, stride, pad, workspace)
+        return workspace
+
+    if "x" in t:  # forward: output filled with 0, then gemm(0,0,m,n,k,1,a,k,b,n,1,c,n)
+        out = np.zeros(batch * filters * n_out, np.float32)
+        for i in range(batch):
+            for j in range(groups):
+                module.gemm(0, 0, m, n_out, k_in, 1, t["weights_before"][j * nweights // groups:], k_in,
+                            columns(i, j), n_out, 1, out[(i * groups + j) * n_out * m:], n_out)
+        assert_bitwise(out, t["x"])
+
+    # backward: weight_updates += delta * columns^T, gemm(0,1,m,n,k,1,a,k,b,k,1,c,n)
+    wu = t["weight_updates_before"].copy()
+    for i in range(batch):
+        for j in range(groups):
+            module.gemm(0, 1, m, k_in, n_out, 1, t["delta"][(i * groups + j) * m * n_out:], n_out,
+                        columns(i, j), n_out, 1, wu[j * nweights // groups:], k_in)
+    assert_bitwise(wu, t["weight_updates"])
+
+    # backward: net.delta (im2col layout, then col2im) = W^T * delta, gemm(1,0,n,k,m,1,a,n,b,k,0,c,k)
+    net_delta = t["net_delta_before"].copy()
+    for i in range(batch):
+        for j in range(groups):
+            imd = image(net_delta, i, j)
+            out = imd if size == 1 else workspace
+            module.gemm(1, 0, k_in, n_out, m, 1, t["weights_before"][j * nweights // groups:], k_in,
+                        t["delta"][(i * groups + j) * m * n_out:], n_out, 0, out, n_out)
+            if size != 1:
+                col2im_cpu(workspace, c // groups, h, w, size, stride, pad, imd)
+    assert_bitwise(net_delta, t["net_delta"])
