@@ -52,8 +52,6 @@ SHAPES = [(1, 1, 1), (2, 3, 5), (3, 2, 1), (1, 4, 7)]
 def test_statistics(batch, c, s):
     n = batch * c * s
     x = data(n, 1)
-    for name in ("mean_cpu", "variance_cpu"):
-        pass
     m_ref, m_gpu = np.zeros(c, np.float32), np.zeros(c, np.float32)
     R.mean_cpu(x, batch, c, s, m_ref)
     G.mean_gpu(x, batch, c, s, m_gpu)
@@ -74,12 +72,11 @@ def test_backward_sums(batch, c, s):
     n = batch * c * s
     delta, x, x_norm = data(n, 3), data(n, 4), data(n, 5)
     mean, variance = data(c, 6, specials=False), np.abs(data(c, 7, specials=False))
-    for ref, gpu, args in (
-            (R.backward_bias, G.backward_bias_gpu, (delta, batch, c, s)),
-            (R.backward_scale_cpu, G.backward_scale_gpu, None),
-            (R.mean_delta_cpu, G.mean_delta_gpu, None),
-            (R.variance_delta_cpu, G.variance_delta_gpu, None)):
-        out_ref, out_gpu = data(c, 8, specials=False), None
+    for ref, gpu in ((R.backward_bias, G.backward_bias_gpu),
+                     (R.backward_scale_cpu, G.backward_scale_gpu),
+                     (R.mean_delta_cpu, G.mean_delta_gpu),
+                     (R.variance_delta_cpu, G.variance_delta_gpu)):
+        out_ref = data(c, 8, specials=False)
         out_gpu = out_ref.copy()
         if ref is R.backward_bias:
             ref(out_ref, delta, batch, c, s)

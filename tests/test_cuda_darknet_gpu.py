@@ -58,8 +58,8 @@ def test_reductions_equal_emulation(batch, c, s, threads):
         emu(*args, a, threads)
         gpu(*args, b, threads)
         same(a, b)
-    for emu, gpu, args in ((D.backward_bias_dg, C.backward_bias_gpu, None),
-                           (D.backward_scale_dg, C.backward_scale_gpu, None)):
+    for emu, gpu in ((D.backward_bias_dg, C.backward_bias_gpu),
+                     (D.backward_scale_dg, C.backward_scale_gpu)):
         a = data(c, 5, nan=False)
         b = a.copy()
         if emu is D.backward_bias_dg:

@@ -3,7 +3,8 @@
 Compiling to PTX needs libNVVM but no GPU, and cannot happen in a process that
 selected the CUDA simulator, so the audit runs in a subprocess without
 ``NUMBA_ENABLE_CUDASIM``.  A naive ``a*b + c`` kernel is audited first: it must
-be caught (NVVM contracts it into ``fma.rn.f32`` even without fastmath).
+be caught (NVVM contracts it into ``fma.rn.f32`` even without fastmath).  The
+darknet-gpu kernels must instead fuse exactly where nvcc's PTX of darknet does.
 """
 
 import os
@@ -27,6 +28,11 @@ args = tuple(np.zeros(1, np.float32) for _ in range(4))
 bad = ptx.audit("naive", naive, args)
 print("naive:", bad)
 assert any(line.startswith("fma.rn.f32") for line in bad), bad
+from darkpy.kernels.reference.darknet_gpu import FUSE_PTXAS
+counts = ptx.darknet_gpu_fma_counts()
+print("darknet-gpu fma:", counts)
+assert counts["axpy"] == 1 and counts["normalize_delta"] == 0 and counts["fast_mean"] == 0, counts
+assert (counts["backward_scale"] > 0) == FUSE_PTXAS, counts
 sys.exit(ptx.main())
 """
 

@@ -74,7 +74,7 @@ def test_maxpool(size, stride, pad):
     same(out_a, out_b)
     assert np.array_equal(ix_a, ix_b)
     delta = data(n, 6)
-    nd_a, nd_b = data(x.size, 7), None
+    nd_a = data(x.size, 7)
     nd_b = nd_a.copy()
     P.backward_maxpool(batch, c, out_h, out_w, ix_a, delta, nd_a)
     pooling_cuda.backward_maxpool_gpu(batch, h, w, c, out_h, out_w, size, stride, pad, ix_b, delta, nd_b)

@@ -135,6 +135,25 @@ def audit(name, func, args, libm=()):
     return kept
 
 
+def darknet_gpu_fma_counts():
+    """``{kernel: number of fma.rn.f32}`` for darknet-gpu kernels whose fusion is known from
+    nvcc's PTX of darknet: axpy one, normalize_delta and fast_mean none, backward_scale
+    one per unrolled product when ``FUSE_PTXAS`` (else none)."""
+    from darkpy.kernels import darknet_gpu_cuda as C
+    f = np.zeros(8, np.float32)
+    one = np.float32(1)
+    r = C.reductions(C.BLOCK)
+    counts = {}
+    for name, func, args in (
+            ("axpy", C._axpy_kernel, (2, one, f, 1, f, 1)),
+            ("normalize_delta", C._normalize_delta_kernel, (2, f, f, f, f, f, 1, 1, 2, f)),
+            ("fast_mean", r["fast_mean"], (f, 1, 1, 2, f)),
+            ("backward_scale", r["backward_scale"], (f, f, 1, 1, 2, f))):
+        counts[name] = sum(1 for line in compile_ptx(func, args).splitlines()
+                           if re.match(r"\s*fma\.rn\.f32", line))
+    return counts
+
+
 def main():
     from darkpy.cuda import simulator
     if simulator():
