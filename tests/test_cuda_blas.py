@@ -157,3 +157,25 @@ def test_variance_delta_tie_fixup(monkeypatch):
     expect = np.float32(wide * (np.power(np.float64(np.float32(variance[1] + R.EPS_BACKWARD)),
                                          np.float64(np.float32(-1.5))) * -.5))
     assert out[0] == 7 and out[1] == expect
+
+
+def test_variance_delta_flagged_channels_on_device_arrays(monkeypatch):
+    """With the tie window widened to everything, every channel takes the host (glibc)
+    path, with device-resident buffers: the result is still the CPU reference's."""
+    from numba import cuda
+
+    from darkpy.cuda import fp
+    monkeypatch.setattr(fp, "TIE_ULPS", 1 << 30)
+    fixed = []
+    fix = G._fix_variance_delta
+    monkeypatch.setattr(G, "_fix_variance_delta", lambda ch, *a: (fixed.extend(ch), fix(ch, *a)))
+    batch, c, s = 2, 3, 2
+    x, delta = data(batch * c * s, 40), data(batch * c * s, 41)
+    mean, variance = data(c, 42, False), np.abs(data(c, 43, False))
+    ref = np.zeros(c, np.float32)
+    R.variance_delta_cpu(x, delta, mean, variance, batch, c, s, ref)
+    out = cuda.to_device(np.full(c, 7, np.float32))
+    G.variance_delta_gpu(cuda.to_device(x), cuda.to_device(delta), cuda.to_device(mean),
+                         cuda.to_device(variance), batch, c, s, out)
+    same(ref, out.copy_to_host())
+    assert sorted(fixed) == [0, 1, 2]
