@@ -170,7 +170,7 @@ def test_variance_delta_flagged_channels_on_device_arrays(monkeypatch):
     fix = G._fix_variance_delta
     monkeypatch.setattr(G, "_fix_variance_delta", lambda ch, *a: (fixed.extend(ch), fix(ch, *a)))
     batch, c, s = 2, 3, 2
-    x, delta = data(batch * c * s, 40), data(batch * c * s, 41)
+    x, delta = data(batch * c * s, 40, False), data(batch * c * s, 41, False)
     mean, variance = data(c, 42, False), np.abs(data(c, 43, False))
     ref = np.zeros(c, np.float32)
     R.variance_delta_cpu(x, delta, mean, variance, batch, c, s, ref)
