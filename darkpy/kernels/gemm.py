@@ -241,16 +241,6 @@ def transpose8x8(typingctx, src, s, lds, dst, d, ldd):
 
 
 @intrinsic
-def vzero(typingctx):
-    """A vector of eight +0.0f."""
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_V8, [0.0] * 8)
-
-    return float32x8(), codegen
-
-
-@intrinsic
 def vadd(typingctx, a, b):
     """Lane-wise float32 ``a + b``, one IEEE rounding per lane (no fast-math flags: never
     fused with a multiply)."""
