@@ -915,6 +915,9 @@ KNOWN = [
     Known("check-json-os-error", ("FileNotFoundError", "NotADirectoryError", "PermissionError",
                                   "IsADirectoryError"), "cli.py",
           "cli.py cmd_check: --json that cannot be written raises OSError; write with write_text_atomic"),
+    Known("cli-temporary-directory", ("ResourceWarning",), "TemporaryDirectory",
+          "cli.py cmd_forward/cmd_backward: 'with tempfile.TemporaryDirectory() as tmp:' so that an error "
+          "does not leave the folder to the garbage collector"),
     Known("check-json-overwrites-input", ("Escaped",), "case.json",
           "cli.py cmd_check: refuse --json onto an input without --force; write atomically"),
 ]

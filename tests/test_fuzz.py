@@ -176,6 +176,7 @@ KNOWN_REPRODUCERS = [
     ("yaml-line-break-characters", "cfg", "[net]\nb\x85atch=1\n"),
     ("dump-write-os-error", "cli", ["forward", "@cfg", "--dump", "@underfile"]),
     ("check-json-os-error", "cli", ["check", "@case", "--json", "@underfile"]),
+    ("cli-temporary-directory", "cli", ["forward", "@cfg", "--dump", "@case"]),
     ("check-json-overwrites-input", "cli", ["check", "@case", "--json", "@casejson"]),
 ]
 
