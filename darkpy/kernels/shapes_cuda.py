@@ -17,7 +17,6 @@ from numba import cuda
 from darkpy.cuda import simulator
 from darkpy.cuda.fp import fadd, fmul
 from darkpy.errors import ShapeError
-from darkpy.kernels.blas_cuda import axpy_gpu, copy_gpu, fill_gpu
 
 BLOCK = 32 if simulator() else 256
 
@@ -121,7 +120,7 @@ def forward_route(l, net, k):
         input = net.layers[int(l.input_layers[i])].output
         input_size = int(l.input_sizes[i])
         for j in range(l.batch):
-            copy_gpu(input_size, input[j * input_size:], 1, l.output[offset + j * l.outputs:], 1)
+            k.blas.copy_gpu(input_size, input[j * input_size:], 1, l.output[offset + j * l.outputs:], 1)
         offset += input_size
 
 
@@ -133,14 +132,14 @@ def backward_route(l, net, k):
         input_size = int(l.input_sizes[i])
         if delta is not None:
             for j in range(l.batch):
-                axpy_gpu(input_size, 1, l.delta[offset + j * l.outputs:], 1, delta[j * input_size:], 1)
+                k.blas.axpy_gpu(input_size, 1, l.delta[offset + j * l.outputs:], 1, delta[j * input_size:], 1)
         offset += input_size
 
 
 def forward_shortcut(l, net, k):
     """``darkpy.layers.shortcut.forward`` on the device."""
     n = l.outputs * l.batch
-    copy_gpu(n, net.input, 1, l.output, 1)
+    k.blas.copy_gpu(n, net.input, 1, l.output, 1)
     shortcut_gpu(l.batch, l.w, l.h, l.c, net.layers[l.index].output, l.out_w, l.out_h, l.out_c,
                  np.float32(l.alpha), np.float32(l.beta), l.output)
     k.activations.activate_array_gpu(l.output, n, l.activation)
@@ -151,7 +150,7 @@ def backward_shortcut(l, net, k):
     n = l.outputs * l.batch
     k.activations.gradient_array_gpu(l.output, n, l.activation, l.delta)
     if net.delta is not None:
-        axpy_gpu(n, np.float32(l.alpha), l.delta, 1, net.delta, 1)
+        k.blas.axpy_gpu(n, np.float32(l.alpha), l.delta, 1, net.delta, 1)
     from_delta = net.layers[l.index].delta
     if from_delta is not None:
         shortcut_gpu(l.batch, l.out_w, l.out_h, l.out_c, l.delta, l.w, l.h, l.c,
@@ -160,7 +159,7 @@ def backward_shortcut(l, net, k):
 
 def forward_upsample(l, net, k):
     """``darkpy.layers.upsample.forward`` on the device."""
-    fill_gpu(l.outputs * l.batch, 0, l.output, 1)
+    k.blas.fill_gpu(l.outputs * l.batch, 0, l.output, 1)
     if l.reverse:
         upsample_gpu(l.output, l.out_w, l.out_h, l.c, l.batch, l.stride, 0, l.scale, net.input)
     else:

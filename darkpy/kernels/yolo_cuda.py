@@ -12,7 +12,6 @@ on the host twin of the layer (``l.host``).  Backward is ``net.delta += delta``
 
 import numpy as np
 
-from darkpy.kernels.blas_cuda import axpy_gpu, copy_gpu, fill_gpu
 from darkpy.kernels.reference.activations import LOGISTIC
 
 
@@ -21,7 +20,7 @@ def forward_yolo(l, net, k):
     from darkpy.errors import DarkpyError
     from darkpy.layers import yolo
     size = l.outputs * l.batch
-    copy_gpu(size, net.input, 1, l.output, 1)
+    k.blas.copy_gpu(size, net.input, 1, l.output, 1)
     spatial = l.w * l.h
     for b in range(l.batch):
         for n in range(l.n):
@@ -29,7 +28,7 @@ def forward_yolo(l, net, k):
             k.activations.activate_array_gpu(l.output[index:], 2 * spatial, LOGISTIC)
             index = yolo.entry_index(b, n * spatial, 4, l.w, l.h, l.classes, l.outputs)
             k.activations.activate_array_gpu(l.output[index:], (1 + l.classes) * spatial, LOGISTIC)
-    fill_gpu(size, 0, l.delta, 1)
+    k.blas.fill_gpu(size, 0, l.delta, 1)
     if not net.train:
         return
     host = l.host
@@ -56,7 +55,7 @@ def backward_yolo(l, net, k):
     """``darkpy.layers.yolo.backward`` on the device: ``net.delta += delta``."""
     if net.delta is None:
         return
-    axpy_gpu(l.batch * l.inputs, 1, l.delta, 1, net.delta, 1)
+    k.blas.axpy_gpu(l.batch * l.inputs, 1, l.delta, 1, net.delta, 1)
 
 
 LAYERS = {"yolo": (forward_yolo, backward_yolo, None)}
