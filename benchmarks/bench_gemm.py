@@ -163,7 +163,8 @@ def bench(shapes=SHAPES, threads=None, repeat=7, reference_repeat=3, with_refere
                 gflops = flop / med / 1e9
                 rows.append({
                     "name": name, "shape": f"gemm({TA},{TB}) M={M} N={N} K={K}", "impl": impl,
-                    "threads": t, "median_ms": med * 1e3, "min_ms": best * 1e3, "gflops": gflops,
+                    "threads": t, "median_ms": med * 1e3, "min_ms": best * 1e3, "repeats": rep,
+                    "gflops": gflops,
                     "pct_peak": 100.0 * gflops / (info["gflops_per_core"] * t),
                     # CPU time of all threads: what the work cost where other processes share the cores
                     "cpu_ms": cpu * 1e3,
