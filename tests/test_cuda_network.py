@@ -309,3 +309,19 @@ def test_device_network_yolo_layers_equal_cpu(tmp_path):
         for field in ("output", "delta"):
             if getattr(l, field) is not None:
                 assert bitwise_equal(getattr(l, field), getattr(d, field)), (i, l.type, field)
+
+
+def test_module_entry_point_exit_codes():
+    """``python -m darkpy.cuda``: 0 when bitwise, 2 without a device (no simulator, no GPU)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    case = str(GOLDEN / "bn-b1c1h1w1")
+    ok = subprocess.run([sys.executable, "-m", "darkpy.cuda", "--simulator", "--quiet", case],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and ok.stdout.startswith("PASS"), ok.stdout + ok.stderr
+    none = subprocess.run([sys.executable, "-m", "darkpy.cuda", case], env=env, capture_output=True,
+                          text=True, timeout=300)
+    if none.returncode == 0:
+        pytest.skip("a real GPU is present")
+    assert none.returncode == 2 and "no CUDA GPU/driver" in none.stderr, none.stdout + none.stderr
