@@ -39,13 +39,13 @@ def _gemm_kernel(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
     if not TB:
         for k in range(K):
             a = A[k * lda + i] if TA else A[i * lda + k]
-            A_PART = fmul(ALPHA, a)
-            c = fadd(fmul(A_PART, B[k * ldb + j]), c)
+            A_PART = fmul(a, ALPHA)
+            c = fadd(fmul(B[k * ldb + j], A_PART), c)
     else:
         sum = np.float32(0)
         for k in range(K):
             a = A[i + k * lda] if TA else A[i * lda + k]
-            sum = fadd(sum, fmul(fmul(ALPHA, a), B[j * ldb + k]))
+            sum = fadd(sum, fmul(fmul(a, ALPHA), B[j * ldb + k]))
         c = fadd(sum, c)
     C[i * ldc + j] = c
 
