@@ -384,3 +384,48 @@ def test_golden_convolution_gemms(case, module):
             if size != 1:
                 col2im_cpu(workspace, c // groups, h, w, size, stride, pad, imd)
     assert_bitwise(net_delta, t["net_delta"])
+
+
+# ---------------------------------------------------------------- the CUDA twin (simulator)
+
+_CUDA_SIM_CHECK = r"""
+import numpy as np
+from darkpy.kernels import gemm_cuda
+from darkpy.kernels.reference import gemm as R
+rng = np.random.default_rng(3)
+payloads = np.array([0x7FC00000, 0x7FC00001, 0x7FC12345, 0xFFC00000, 0xFF800001, 0x7F800002], np.uint32)
+def storm(n):
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-20, 20, n)).astype(np.float32)
+    u = rng.random(n)
+    x[u < 0.05] = np.inf
+    x[(u >= 0.05) & (u < 0.1)] = 0.0
+    hit = rng.random(n) < 0.08
+    x.view(np.uint32)[hit] = rng.choice(payloads, hit.sum())
+    return x
+for TA in (0, 1):
+    for TB in (0, 1):
+        M, N, K = 3, 5, 7
+        A, B, C = storm(M * K), storm(K * N), storm(M * N)
+        lda, ldb = (M if TA else K), (K if TB else N)
+        want, got = C.copy(), C.copy()
+        R.gemm(TA, TB, M, N, K, -1.3, A, lda, B, ldb, 0.7, want, N)
+        gemm_cuda.gemm_gpu(TA, TB, M, N, K, -1.3, A, lda, B, ldb, 0.7, got, N)
+        assert np.isnan(want).any()
+        assert (want.view(np.uint32) == got.view(np.uint32)).all(), (TA, TB)
+print("ok")
+"""
+
+
+def test_cuda_twin_matches_reference_in_simulator():
+    """gemm_cuda (one thread per C element) against the reference, NaN payloads included,
+    in Numba's CUDA simulator (a fresh process: the simulator must be chosen before
+    numba.cuda is first imported)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", _CUDA_SIM_CHECK], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0 and "No module named" in proc.stderr and "cuda" in proc.stderr:
+        pytest.skip("numba.cuda is not importable")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
