@@ -202,3 +202,30 @@ def test_fma32_double_rounding_cases():
     assert np.float32(np.float64(a) * np.float64(a) + np.float64(tiny)) == base   # naive is wrong
     assert np.isnan(D.fma32(np.float32(np.inf), np.float32(0), np.float32(1)))
     assert np.float32(D.fma32(np.float32(np.nan), a, a)).view(np.uint32) == 0x7FFFFFFF
+
+
+@pytest.mark.parametrize("a", [D.LINEAR, D.LEAKY, D.RELU, D.LOGISTIC])
+def test_activations_equal_emulation(a):
+    x, delta = data(24, 40), data(24, 41)
+    x[3] = -np.inf
+    if a in D.EXACT_ACTIVATIONS:
+        p, q = x.copy(), x.copy()
+        D.activate_array_dg(p, p.size, a)
+        C.activate_array_gpu(q, q.size, a)
+        same(p, q)
+    p, q = delta.copy(), delta.copy()
+    D.gradient_array_dg(x, x.size, a, p)
+    C.gradient_array_gpu(x, x.size, a, q)
+    same(p, q)
+
+
+def test_leaky_differs_from_the_cpu():
+    """darknet's GPU leaky rounds the float product ``.1f*x``; its CPU leaky rounds the double ``.1*x``."""
+    from darkpy.kernels.reference import activations as A
+    x = -np.abs(np.random.default_rng(42).standard_normal(2000)).astype(np.float32)
+    gpu, cpu = x.copy(), x.copy()
+    D.activate_array_dg(gpu, gpu.size, D.LEAKY)
+    A.activate_array(cpu, cpu.size, A.LEAKY)
+    ulps = ulp_distance(cpu, gpu)
+    print(f"leaky: {np.count_nonzero(ulps)} of {x.size} negative inputs differ, max {ulps.max()} ULP")
+    assert 0 < np.count_nonzero(ulps) and ulps.max() == 1

@@ -76,17 +76,19 @@ def test_darknet_gpu_profile_runs_the_emulated_order(monkeypatch):
 
 
 def test_darknet_gpu_profile_on_a_convolutional_case(monkeypatch):
-    """Without batchnorm, darknet's GPU forward is the CPU's (fill, strict gemm, add_bias,
-    leaky): output bitwise; the block-strided backward_bias and the fused update axpy
-    leave bias_updates/weights a few ULPs off the CPU golden values."""
+    """A 1x1 leaky layer under darknet-gpu: the gemm and add_bias are the CPU's, the GPU's
+    leaky rounds ``.1f*x`` in float (1 ULP from the CPU's double product on some
+    negative inputs); the block-strided backward_bias and the fused update axpy leave
+    bias_updates/biases a few ULPs off the CPU golden values."""
     from darkpy.kernels import darknet_gpu_cuda
     monkeypatch.setattr(darknet_gpu_cuda, "THREADS", 4)
     name = "conv-b3c5h5w5-n3s1x1p0g1-leaky"
     case = read_case(GOLDEN / name)
     out = run_case_device(case, "darknet-gpu")
-    assert bitwise_equal(case["output"].ravel(), out["output"])
-    ulps = {t: int(ulp_distance(case[t], out[t]).max()) for t in ("bias_updates", "weights", "biases")}
+    ulps = {t: int(ulp_distance(case[t], out[t]).max())
+            for t in ("output", "delta", "bias_updates", "weights", "biases")}
     print("darknet-gpu vs CPU golden, max ULPs:", ulps)
+    assert ulps["output"] <= 1
     assert 0 < max(ulps.values()) < 1000
 
 

@@ -72,10 +72,12 @@ def _kernels(profile):
                         activations=activations_cuda, profile=profile)
     if profile == "darknet-gpu":
         # darknet's own kernels where we have them (bias/scale, backward_bias, the fused axpy
-        # of the updates, batchnorm); copies and fills are the same bits either way; gemm
-        # (cuBLAS in darknet) and the activations stay the strict ones (see CUDA.md).
+        # of the updates, batchnorm, linear/leaky/relu activations); copies and fills are the
+        # same bits either way; gemm (cuBLAS in darknet) and the expf-based activations stay
+        # the strict ones (see CUDA.md).
         from darkpy.kernels import darknet_gpu_cuda as dg
         k.dg = dg
+        k.activations = dg
         k.blas = SimpleNamespace(copy_gpu=blas_cuda.copy_gpu, fill_gpu=blas_cuda.fill_gpu,
                                  axpy_gpu=dg.axpy_gpu, scal_gpu=dg.scal_gpu, add_bias_gpu=dg.add_bias_gpu,
                                  scale_bias_gpu=dg.scale_bias_gpu,

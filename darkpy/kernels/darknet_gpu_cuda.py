@@ -19,6 +19,7 @@ from numba import cuda
 from darkpy.cuda import simulator
 from darkpy.cuda.fp import gadd, gdiv, gfma, gmul, gpowf, gsqrt, gsub
 from darkpy.kernels.blas_cuda import copy_gpu
+from darkpy.kernels.reference import darknet_gpu as D
 from darkpy.kernels.reference.darknet_gpu import BLOCK, EPS, FUSE_PTXAS
 
 #: Threads per block of the reductions run by the batchnorm layer functions below
@@ -346,3 +347,59 @@ def backward_batchnorm_gpu(l, mean, variance, threads=None):
     fast_mean_delta_gpu(l.delta, variance, l.batch, l.out_c, spatial, l.mean_delta, threads)
     fast_variance_delta_gpu(l.x, l.delta, mean, variance, l.batch, l.out_c, spatial, l.variance_delta, threads)
     normalize_delta_gpu(l.x, mean, variance, l.mean_delta, l.variance_delta, l.batch, l.out_c, spatial, l.delta)
+
+
+# ----------------------------------------------------------------------------- activations
+
+@cuda.jit(device=True)
+def _activate(x, a):
+    if a == D.LEAKY:
+        return x if x > 0 else gmul(np.float32(.1), x)
+    if a == D.RELU:
+        return gmul(x, np.float32(x > 0))
+    return x
+
+
+@cuda.jit(device=True)
+def _gradient(x, a):
+    if a == D.LEAKY:
+        return np.float32(1) if x > 0 else np.float32(.1)
+    if a == D.RELU:
+        return np.float32(x > 0)
+    if a == D.LOGISTIC:
+        return gmul(gsub(np.float32(1), x), x)
+    return np.float32(1)
+
+
+@cuda.jit
+def _activate_array_kernel(x, n, a):
+    i = cuda.grid(1)
+    if i < n:
+        x[i] = _activate(x[i], a)
+
+
+@cuda.jit
+def _gradient_array_kernel(x, n, a, delta):
+    i = cuda.grid(1)
+    if i < n:
+        delta[i] = gmul(delta[i], _gradient(x[i], a))
+
+
+def activate_array_gpu(x, n, a):
+    """``activate_array_gpu`` of activation_kernels.cu for linear, leaky and relu; the
+    other activations (CUDA ``expf``, not reproducible here) fall back to the strict twins."""
+    if a not in D.EXACT_ACTIVATIONS:
+        from darkpy.kernels import activations_cuda
+        return activations_cuda.activate_array_gpu(x, n, a)
+    if n > 0:
+        _activate_array_kernel[_blocks(n), ELEMENTWISE_BLOCK](x, n, a)
+
+
+def gradient_array_gpu(x, n, a, delta):
+    """``gradient_array_gpu``: ``delta *= gradient(x)`` for linear, leaky, relu and logistic;
+    other activations fall back to the strict twins."""
+    if a not in D.EXACT_GRADIENTS:
+        from darkpy.kernels import activations_cuda
+        return activations_cuda.gradient_array_gpu(x, n, a, delta)
+    if n > 0:
+        _gradient_array_kernel[_blocks(n), ELEMENTWISE_BLOCK](x, n, a, delta)

@@ -317,3 +317,55 @@ def batchnorm_backward_dg(delta, x, x_norm, mean, variance, scales, bias_updates
     fast_mean_delta_dg(delta, variance, batch, out_c, spatial, mean_delta, threads)
     fast_variance_delta_dg(x, delta, mean, variance, batch, out_c, spatial, variance_delta, threads)
     normalize_delta_dg(x, mean, variance, mean_delta, variance_delta, batch, out_c, spatial, delta)
+
+
+# ----------------------------------------------------------------------------- activations (activation_kernels.cu)
+# Only the activations whose device arithmetic is fully specified are emulated: linear,
+# leaky, relu (float products, no libm), and the gradients of those and of logistic.
+# darknet's logistic/tanh/elu/... call CUDA's expf, whose last bits we cannot
+# reproduce on the CPU; the darknet-gpu profile keeps the strict activations there.
+
+LINEAR = 3
+LEAKY = 7
+RELU = 1
+LOGISTIC = 0
+#: Activations whose forward darknet-gpu emulates exactly.
+EXACT_ACTIVATIONS = (LINEAR, LEAKY, RELU)
+#: Activations whose gradient darknet-gpu emulates exactly.
+EXACT_GRADIENTS = (LINEAR, LEAKY, RELU, LOGISTIC)
+
+
+@kernel
+def activate_dg(x, a):
+    """``activate_kernel``: linear ``x``; leaky ``(x>0) ? x : .1f*x``; relu ``x*(x>0)`` (float)."""
+    if a == LEAKY:
+        return x if x > 0 else canon(np.float32(.1) * x)
+    if a == RELU:
+        return canon(x * np.float32(x > 0))
+    return x
+
+
+@kernel
+def gradient_dg(x, a):
+    """``gradient_kernel``: linear 1, leaky ``(x>0) ? 1 : .1f``, relu ``(x>0)``, logistic ``(1-x)*x``."""
+    if a == LEAKY:
+        return np.float32(1) if x > 0 else np.float32(.1)
+    if a == RELU:
+        return np.float32(x > 0)
+    if a == LOGISTIC:
+        return canon(canon(np.float32(1) - x) * x)
+    return np.float32(1)
+
+
+@kernel
+def activate_array_dg(x, n, a):
+    """``activate_array_kernel``: ``x[i] = activate_kernel(x[i], a)``."""
+    for i in range(n):
+        x[i] = activate_dg(x[i], a)
+
+
+@kernel
+def gradient_array_dg(x, n, a, delta):
+    """``gradient_array_kernel``: ``delta[i] *= gradient_kernel(x[i], a)`` (a float product)."""
+    for i in range(n):
+        delta[i] = canon(delta[i] * gradient_dg(x[i], a))
