@@ -63,7 +63,7 @@ def test_vector_ops_bitwise(N, inc, specials):
     size = max(1, N * inc)
     X = data(rng, size, specials)
     Y = data(rng, size, specials)
-    for alpha in (0.37, -2.5, 1e-39):
+    for alpha in map(np.float32, (0.37, -2.5, 1e-39)):  # the layers' float ALPHA
         for name, args in (("copy_cpu", lambda x, y: (N, x, inc, y, inc)),
                            ("axpy_cpu", lambda x, y: (N, alpha, x, inc, y, inc)),
                            ("scal_cpu", lambda x, y: (N, alpha, y, inc)),
@@ -75,8 +75,8 @@ def test_vector_ops_bitwise(N, inc, specials):
     # mixed strides take the general path
     xr, yr, yf = X.copy(), Y.copy(), Y.copy()
     n = size // 2
-    ref.axpy_cpu(n, 0.5, xr, 1, yr, 2)
-    fast.axpy_cpu(n, 0.5, xr, 1, yf, 2)
+    ref.axpy_cpu(n, np.float32(.5), xr, 1, yr, 2)
+    fast.axpy_cpu(n, np.float32(.5), xr, 1, yf, 2)
     assert same(yr, yf)
 
 
@@ -244,7 +244,7 @@ def test_reference_softmax():
     rng = np.random.default_rng(4)
     x = rng.standard_normal(10).astype(np.float32)
     out = np.zeros(10, np.float32)
-    ref.softmax_cpu(x, 5, 2, 5, 1, 0, 1, 1.0, out)
+    ref.softmax_cpu(x, 5, 2, 5, 1, 0, 1, np.float32(1), out)
     for b in range(2):
         v = x[5 * b:5 * b + 5]
         largest = v.max()
@@ -252,7 +252,7 @@ def test_reference_softmax():
         assert same(out[5 * b:5 * b + 5], e / np_serial_sum(e))
     # stride and temperature: every other element, temp 2
     out = np.zeros(10, np.float32)
-    ref.softmax(x, 5, 2.0, 2, out)
+    ref.softmax(x, 5, np.float32(2), 2, out)
     assert np.all(out[1::2] == 0) and abs(out[::2].sum() - 1) < 1e-6
 
 
@@ -455,13 +455,13 @@ def test_reference_blas_matches_darknet_library():
          [3, 4]),
         ("logistic_x_ent_cpu", lambda N, r: [n, r.random(n).astype(np.float32), r.random(n).astype(np.float32),
                                              N(n), N(n)], [3, 4]),
-        ("softmax_cpu", lambda N, r: [N(60), 5, 2, 30, 3, 10, 2, 0.9, N(60)], [8]),
-        ("upsample_cpu", lambda N, r: [N(96), 4, 4, 3, 2, 2, 1, 0.5, N(384)], [8]),
-        ("upsample_cpu", lambda N, r: [N(96), 4, 4, 3, 2, 2, 0, 0.5, N(384)], [0]),
+        ("softmax_cpu", lambda N, r: [N(60), 5, 2, 30, 3, 10, 2, np.float32(.9), N(60)], [8]),
+        ("upsample_cpu", lambda N, r: [N(96), 4, 4, 3, 2, 2, 1, np.float32(.5), N(384)], [8]),
+        ("upsample_cpu", lambda N, r: [N(96), 4, 4, 3, 2, 2, 0, np.float32(.5), N(384)], [0]),
         ("reorg_cpu", lambda N, r: [N(256), 4, 4, 8, 2, 2, 1, N(256)], [7]),
         ("flatten", lambda N, r: [N(30), 5, 3, 2, 1], [0]),
-        ("axpy_cpu", lambda N, r: [n, 0.3, N(n), 1, N(n), 1], [4]),
-        ("scal_cpu", lambda N, r: [n, 0.3, N(n), 1], [2]),
+        ("axpy_cpu", lambda N, r: [n, np.float32(.3), N(n), 1, N(n), 1], [4]),
+        ("scal_cpu", lambda N, r: [n, np.float32(.3), N(n), 1], [2]),
         ("inter_cpu", lambda N, r: [3, N(6), 2, N(4), 2, N(10)], [5]),
         ("deinter_cpu", lambda N, r: [3, N(6), 2, N(4), 2, N(10)], [1, 3]),
         ("dot_cpu", lambda N, r: [n, N(n), 1, N(n), 1], []),
@@ -481,7 +481,7 @@ def test_reference_blas_matches_darknet_library():
                     a = [v.copy() if isinstance(v, np.ndarray) else v for v in args]
                     if module is None:
                         c_args = [ptr(v) if isinstance(v, np.ndarray) else
-                                  ctypes.c_float(v) if isinstance(v, float) else v for v in a]
+                                  ctypes.c_float(v) if isinstance(v, (float, np.floating)) else v for v in a]
                         value = getattr(lib, name)(*c_args)
                     else:
                         value = getattr(module, name)(*a)

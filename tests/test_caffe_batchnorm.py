@@ -58,12 +58,12 @@ def run_kernels(k, x, d, shape, use_global, blobs):
     x_norm = np.zeros_like(out)
     mean, var = np.zeros(c, np.float32), np.zeros(c, np.float32)
     mean_sum, var_sum, factor = (v.copy() for v in blobs)
-    k.caffe_bn_forward(out, x_norm, mean, var, mean_sum, var_sum, factor, use_global, .999, 1e-5, b, c, h * w)
+    k.caffe_bn_forward(out, x_norm, mean, var, mean_sum, var_sum, factor, use_global, f32(.999), f32(1e-5), b, c, h * w)
     delta = d.ravel().copy()
     if use_global:
-        k.caffe_bn_backward_global(delta, var, 1e-5, b, c, h * w)
+        k.caffe_bn_backward_global(delta, var, f32(1e-5), b, c, h * w)
     else:
-        k.caffe_bn_backward_batch(delta, x_norm, var, 1e-5, b, c, h * w)
+        k.caffe_bn_backward_batch(delta, x_norm, var, f32(1e-5), b, c, h * w)
     return out, x_norm, mean, var, mean_sum, var_sum, factor, delta
 
 
@@ -379,12 +379,12 @@ def test_fast_equals_reference_on_random_shapes(num, channels, spatial, use_glob
         mean_sum, var_sum, factor = (b.copy() for b in blobs)
         delta = d.copy()
         with np.errstate(all="ignore"):
-            k.caffe_bn_forward(out, x_norm, mean, var, mean_sum, var_sum, factor, use_global, .99, eps,
+            k.caffe_bn_forward(out, x_norm, mean, var, mean_sum, var_sum, factor, use_global, f32(.99), f32(eps),
                                num, channels, spatial)
             if use_global:
-                k.caffe_bn_backward_global(delta, var, eps, num, channels, spatial)
+                k.caffe_bn_backward_global(delta, var, f32(eps), num, channels, spatial)
             else:
-                k.caffe_bn_backward_batch(delta, x_norm, var, eps, num, channels, spatial)
+                k.caffe_bn_backward_batch(delta, x_norm, var, f32(eps), num, channels, spatial)
         results.append((out, x_norm, mean, var, mean_sum, var_sum, factor, delta))
     for a, r in zip(*results):
         assert bitwise_equal(a, r)

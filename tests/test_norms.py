@@ -185,11 +185,11 @@ def test_fast_kernels_match_reference_bitwise(shape, groups):
     for k in (reference, fast):
         out, xx, xn = x.ravel().copy(), np.zeros(x.size, np.float32), np.zeros(x.size, np.float32)
         mean, var = np.zeros(b * groups, np.float32), np.zeros(b * groups, np.float32)
-        k.groupnorm_forward(out, xx, xn, mean, var, scales, biases, 1e-4, b, c, h * w, groups)
+        k.groupnorm_forward(out, xx, xn, mean, var, scales, biases, f32(1e-4), b, c, h * w, groups)
         d = dy.ravel().copy()
         bu, su = np.full(c, .5, np.float32), np.full(c, -.25, np.float32)
         md, vd = np.zeros(b * groups, np.float32), np.zeros(b * groups, np.float32)
-        k.groupnorm_backward(d, xx, xn, mean, var, scales, bu, su, md, vd, 1e-4, b, c, h * w, groups)
+        k.groupnorm_backward(d, xx, xn, mean, var, scales, bu, su, md, vd, f32(1e-4), b, c, h * w, groups)
         results.append((out, xx, xn, mean, var, d, bu, su, md, vd))
     for name, a, r in zip("output x x_norm mean variance delta bias_updates scale_updates "
                           "mean_delta variance_delta".split(), *results):
@@ -448,8 +448,8 @@ def test_fast_equals_reference_on_random_shapes(batch, groups, cpg, spatial, eps
         bu, su = np.zeros(c, np.float32), np.zeros(c, np.float32)
         d = dy.copy()
         with np.errstate(all="ignore"):
-            k.groupnorm_forward(out, xx, xn, mean, var, scales, biases, eps, batch, c, spatial, groups)
-            k.groupnorm_backward(d, xx, xn, mean, var, scales, bu, su, md, vd, eps, batch, c, spatial, groups)
+            k.groupnorm_forward(out, xx, xn, mean, var, scales, biases, f32(eps), batch, c, spatial, groups)
+            k.groupnorm_backward(d, xx, xn, mean, var, scales, bu, su, md, vd, f32(eps), batch, c, spatial, groups)
         results.append((out, xn, mean, var, d, bu, su, md, vd))
     for a, r in zip(*results):
         assert bitwise_equal(a, r)

@@ -128,7 +128,7 @@ def backward(l, net):
     else:
         norms.caffe_bn_backward_batch(l.delta, l.x_norm, l.variance, l.eps, l.batch, l.out_c, spatial)
     if net.delta is not None:
-        family("blas").axpy_cpu(l.outputs * l.batch, 1, l.delta, 1, net.delta, 1)
+        family("blas").axpy_cpu(l.outputs * l.batch, np.float32(1), l.delta, 1, net.delta, 1)
 
 
 def weight_tensors(l):

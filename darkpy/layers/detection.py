@@ -227,7 +227,7 @@ def forward(l, net):
             index = b * l.inputs
             for i in range(locations):
                 view = l.output[index + i * l.classes:]
-                blas.softmax(view, l.classes, 1, 1, view)
+                blas.softmax(view, l.classes, np.float32(1), 1, view)
     if not net.train:
         return
     if net.truth is None or net.truth.shape[0] < l.batch * l.truths:
@@ -261,4 +261,4 @@ def backward(l, net):
     """darknet's ``backward_detection_layer``: ``net.delta += delta``."""
     if net.delta is None:
         return
-    family("blas").axpy_cpu(l.batch * l.inputs, 1, l.delta, 1, net.delta, 1)
+    family("blas").axpy_cpu(l.batch * l.inputs, np.float32(1), l.delta, 1, net.delta, 1)

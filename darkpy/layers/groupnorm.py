@@ -126,7 +126,7 @@ def backward(l, net):
                              l.bias_updates, l.scale_updates, l.mean_delta, l.variance_delta,
                              l.eps, l.batch, l.out_c, l.out_h * l.out_w, l.groups)
     if net.delta is not None:
-        family("blas").axpy_cpu(l.outputs * l.batch, 1, l.delta, 1, net.delta, 1)
+        family("blas").axpy_cpu(l.outputs * l.batch, np.float32(1), l.delta, 1, net.delta, 1)
 
 
 def update(l, a):

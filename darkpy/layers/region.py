@@ -334,7 +334,7 @@ def forward(l, net):
         index = entry_index(0, 0, l.coords + (0 if l.background else 1), l.w, l.h, l.coords,
                             l.classes, l.outputs)
         family("blas").softmax_cpu(net.input[index:], l.classes + l.background, l.batch * l.n,
-                                   l.inputs // l.n, spatial, 1, spatial, 1, l.output[index:])
+                                   l.inputs // l.n, spatial, 1, spatial, np.float32(1), l.output[index:])
 
     l.delta[:size] = 0
     if not net.train:

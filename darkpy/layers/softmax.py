@@ -97,5 +97,5 @@ def backward(l, net):
     """darknet's ``backward_softmax_layer``: ``net.delta += delta``."""
     if net.delta is None:
         return
-    family("blas").axpy_cpu(l.inputs * l.batch, 1, l.delta, 1, net.delta, 1)
+    family("blas").axpy_cpu(l.inputs * l.batch, np.float32(1), l.delta, 1, net.delta, 1)
 

@@ -462,4 +462,4 @@ def backward(l, net):
     """
     if net.delta is None:
         return
-    family("blas").axpy_cpu(l.batch * l.inputs, 1, l.delta, 1, net.delta, 1)
+    family("blas").axpy_cpu(l.batch * l.inputs, np.float32(1), l.delta, 1, net.delta, 1)
