@@ -224,11 +224,13 @@ def test_every_section_alias(alias, tmp_path):
 
 
 def test_aliases_are_exactly_darknets():
+    """darknet's section names (string_to_layer_type) and darkpy's own three norm layers."""
     canonical = {"net", "convolutional", "deconvolutional", "connected", "maxpool", "avgpool", "softmax",
                  "normalization", "batchnorm", "route", "shortcut", "upsample", "yolo", "region",
                  "detection", "cost", "dropout", "crop", "reorg", "activation", "local", "logistic",
                  "l2norm", "rnn", "gru", "lstm", "crnn", "iseg"}
-    assert set(LAYER_TYPES.values()) == canonical
+    darkpy_only = {"layernorm", "instancenorm", "groupnorm"}
+    assert set(LAYER_TYPES.values()) == canonical | darkpy_only
     aliases = {k: v for k, v in LAYER_TYPES.items() if k != v}
     assert aliases == {"conv": "convolutional", "deconv": "deconvolutional", "conn": "connected",
                        "max": "maxpool", "avg": "avgpool", "soft": "softmax", "lrn": "normalization",
