@@ -77,14 +77,19 @@ def image_params(batch, c, h, w, index=1, layers=()):
 
 
 def central_gradient(f, z, eps=1e-6):
-    """float64 central differences of the scalar ``f`` at ``z``, one coordinate at a time."""
-    z = np.asarray(z, np.float64)
+    """float64 central differences of the scalar ``f`` at ``z`` (any shape), one element at a time:
+    ``(f(z + eps) - f(z - eps)) / (2 eps)``.  ``f`` gets a float64 copy of ``z`` with one element moved."""
+    z = np.array(z, np.float64)
     g = np.zeros_like(z)
-    for k in range(z.size):
-        zp, zm = z.copy(), z.copy()
-        zp[k] += eps
-        zm[k] -= eps
-        g[k] = (f(zp) - f(zm)) / (2 * eps)
+    flat, gflat = z.reshape(-1), g.reshape(-1)
+    for k in range(flat.size):
+        keep = flat[k]
+        flat[k] = keep + eps
+        up = f(z)
+        flat[k] = keep - eps
+        down = f(z)
+        flat[k] = keep
+        gflat[k] = (up - down) / (2 * eps)
     return g
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import darkpy.kernels as kernels
-from conftest import bits, from_hex
+from conftest import bits, central_gradient, from_hex
 from darkpy.description import parse_cfg_text
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels.reference.activations import LEAKY, LINEAR, LOGISTIC, TANH
@@ -256,16 +256,7 @@ def test_backward_matches_float64_central_differences(batch, inputs, outputs, ac
         return float(np.sum(d * _act64(y, act)))
 
     def numeric(name):
-        g = np.zeros_like(p[name])
-        for i in range(g.size):
-            keep = p[name][i]
-            p[name][i] = keep + 1e-6
-            up = loss(p)
-            p[name][i] = keep - 1e-6
-            down = loss(p)
-            p[name][i] = keep
-            g[i] = (up - down) / 2e-6
-        return g
+        return central_gradient(lambda v: loss({**p, name: v}), p[name])
 
     def rel(a, b):
         return np.linalg.norm(a - b) / np.linalg.norm(b)

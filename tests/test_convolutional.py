@@ -14,7 +14,7 @@ from darkpy.kernels.reference.activations import LEAKY, LINEAR, LOGISTIC, get_ac
 from darkpy.layer import UpdateArgs
 from darkpy.layers import convolutional
 from darkpy.network import SizeParams, build_network
-from conftest import GOLDEN, bits, golden_cases
+from conftest import GOLDEN, bits, central_gradient, golden_cases
 
 
 # ----------------------------------------------------------------------------- golden dumps
@@ -373,17 +373,7 @@ def test_backward_matches_float64_central_differences(case):
         return float(np.sum(delta_in.astype(np.float64) * act64(y, act).ravel()))
 
     def numeric(name):
-        g = np.zeros_like(params[name])
-        eps = 1e-6
-        for i in range(g.size):
-            keep = params[name][i]
-            params[name][i] = keep + eps
-            up = loss(params)
-            params[name][i] = keep - eps
-            down = loss(params)
-            params[name][i] = keep
-            g[i] = (up - down) / (2 * eps)
-        return g
+        return central_gradient(lambda v: loss({**params, name: v}), params[name])
 
     def rel(a, b):
         return np.linalg.norm(a - b) / np.linalg.norm(b)
