@@ -327,3 +327,18 @@ def test_module_entry_point_exit_codes():
     if none.returncode == 0:
         pytest.skip("a real GPU is present")
     assert none.returncode == 2 and "no CUDA GPU/driver" in none.stderr, none.stdout + none.stderr
+
+
+def test_bench_rows_run_and_check_bits(tmp_path):
+    """The GPU bench rows (darkpy.cuda.bench) time steps whose results are the CPU's bits."""
+    from darkpy.cuda import bench
+    from darkpy.description import load
+    from darkpy.network import build_network
+    rows = bench.batchnorm_rows(shapes=((1, 2, 2, 3),), repeat=1)
+    assert [r["name"] for r in rows] == ["train fwd+bwd", "infer fwd"]
+    assert all(r["bitwise"] is True and r["min_ms"] > 0 and r["impl"] == "cuda-strict" for r in rows)
+    cfg = tmp_path / "mini.cfg"
+    cfg.write_text(CFG)
+    net = build_network(load(cfg))
+    rows = bench.network_rows(net, repeat=1)
+    assert [r["name"] for r in rows] == ["network forward", "network forward+backward"]
