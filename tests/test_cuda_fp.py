@@ -138,3 +138,35 @@ def test_libdevice_sized_errors_on_real_results():
                     changed += 1
                     assert tie, (a, g, t)
     print(f"float32 changed by a libdevice-sized error: {changed}; flagged for glibc: {flagged}")
+
+
+def _hardest(f, count, chunks=4, chunk=1 << 21):
+    """Among ``chunks*chunk`` consecutive float inputs from 0.75 up, the ``count`` whose
+    double results ``f(x)`` lie closest to a float32 rounding boundary."""
+    best_x, best_d = np.zeros(0), np.zeros(0, np.int64)
+    start = int(np.float32(0.75).view(np.int32))
+    for c in range(chunks):
+        x = (start + c * chunk + np.arange(chunk, dtype=np.int32)).view(np.float32).astype(np.float64)
+        bits = f(x).view(np.int64)
+        d = np.abs((bits & 0x1FFFFFFF) - 0x10000000)
+        keep = np.argsort(d, kind="stable")[:count]
+        best_x, best_d = np.concatenate([best_x, x[keep]]), np.concatenate([best_d, d[keep]])
+    order = np.argsort(best_d, kind="stable")[:count]
+    return best_x[order], best_d[order]
+
+
+def test_adversarial_inputs_near_float32_ties():
+    """Search 2^23 consecutive float inputs of exp(-x) (logistic) and of pow(v, -1.5)
+    (variance_delta) for the results closest to a float32 midpoint: the closest fall
+    inside the window and are flagged by near_tie (so the device defers them to glibc);
+    glibc (math) and numpy's libm are compared on them (printed)."""
+    for f_np, f_glibc in ((lambda a: np.exp(-a), lambda a: math.exp(-a)),
+                          (lambda a: np.power(a, -1.5), lambda a: math.pow(a, -1.5))):
+        worst, distance = _hardest(f_np, 4)
+        print("double ulps from a float32 midpoint:", distance)
+        assert distance[0] <= fp.TIE_ULPS, distance
+        for a, d in zip(worst, distance):
+            g = f_glibc(float(a))
+            if d <= fp.TIE_ULPS:
+                assert fp.near_tie_host(g) and fp.near_tie(g)
+            print(f"input {a!r}: glibc {g.hex()}, numpy {float(f_np(np.float64(a))).hex()}")
