@@ -79,3 +79,56 @@ def test_maxpool(size, stride, pad):
     P.backward_maxpool(batch, c, out_h, out_w, ix_a, delta, nd_a)
     pooling_cuda.backward_maxpool_gpu(batch, h, w, c, out_h, out_w, size, stride, pad, ix_b, delta, nd_b)
     same(nd_a, nd_b)
+
+
+@pytest.mark.parametrize("forward", [1, 0])
+def test_reorg_and_flatten(forward):
+    batch, c, h, w, stride = 2, 8, 2, 4, 2
+    x = data(batch * c * h * w, 8)
+    a, b = np.zeros_like(x), np.zeros_like(x)
+    R.reorg_cpu(x, w, h, c, batch, stride, forward, a)
+    shapes_cuda.reorg_gpu(x, w, h, c, batch, stride, forward, b)
+    same(a, b)
+    from numba import cuda
+    a = x.copy()
+    d = cuda.to_device(x)
+    R.flatten(a, h * w, c, batch, forward)
+    shapes_cuda.flatten_gpu(d, h * w, c, batch, forward)
+    same(a, d.copy_to_host())
+
+
+@pytest.mark.parametrize("options", ["stride=2", "stride=2\nreverse=1", "stride=2\nflatten=1"])
+def test_reorg_layer_in_a_device_network(tmp_path, options):
+    from darkpy.cuda.network import DeviceNetwork
+    from darkpy.description import load
+    from darkpy.network import backward_network, build_network, forward_network
+    """Plain, reverse and flatten reorg between two convolutions: outputs and deltas
+    (reorg backward writes the first layer's delta) equal the CPU network's."""
+    cfg = tmp_path / "reorg.cfg"
+    cfg.write_text("[net]\nbatch=1\nheight=4\nwidth=4\nchannels=2\n\n"
+                   f"[convolutional]\nfilters=8\nsize=1\nstride=1\npad=0\nactivation=linear\n\n"
+                   f"[reorg]\n{options}\n\n"
+                   f"[convolutional]\nfilters=2\nsize=1\nstride=1\npad=0\nactivation=linear\n")
+
+    def build():
+        net = build_network(load(cfg))
+        r = np.random.default_rng(3)
+        for l in net.layers:
+            if l.weights is not None:
+                l.weights[:] = r.standard_normal(l.weights.size).astype(np.float32)
+        net.input[:] = r.standard_normal(net.input.size).astype(np.float32)
+        net.train = 1
+        return net
+
+    cpu, host = build(), build()
+    dev = DeviceNetwork(host)
+    forward_network(cpu)
+    dev.forward()
+    cpu.layers[-1].delta[:] = 1
+    dev.layers[-1].delta.copy_to_device(np.ones(cpu.layers[-1].delta.size, np.float32))
+    backward_network(cpu)
+    dev.backward()
+    for i, l in enumerate(cpu.layers):
+        d = dev.pull_layer(i)
+        same(l.output, d.output)
+        same(l.delta, d.delta)

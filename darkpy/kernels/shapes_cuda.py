@@ -1,11 +1,12 @@
-"""``@cuda.jit`` twins of darknet's layout layers (strict profile): shortcut, upsample, route.
+"""``@cuda.jit`` twins of darknet's layout layers (strict profile): shortcut, upsample, route, reorg.
 
 The kernels give darknet's CPU bits: one thread per output element of
 ``shortcut_cpu`` (``out = s1*out + s2*add``, both products rounded, never
 fused) and of ``upsample_cpu`` forward; upsample's backward (each input pixel
 gathers its ``stride*stride`` deltas) runs one thread per input pixel, adding in
 the CPU's (row, column) order.  Route is copies (``copy_gpu``) forward and
-``axpy_gpu`` with ALPHA 1 backward, exactly the CPU's calls.
+``axpy_gpu`` with ALPHA 1 backward, exactly the CPU's calls; reorg and flatten are
+permutations (one thread per element, copies only).
 
 ``LAYERS`` maps the layer types to their device forward/backward functions for
 ``darkpy.cuda.network``; the functions mirror ``darkpy/layers/<type>.py``.
@@ -111,6 +112,64 @@ def upsample_gpu(input, w, h, c, batch, stride, forward, scale, out):
             _upsample_backward_kernel[_blocks(size), BLOCK](size, input, w, h, c, stride, scale, out)
 
 
+# ----------------------------------------------------------------------------- reorg, flatten (copies)
+
+@cuda.jit
+def _reorg_kernel(size, x, w, h, c, stride, forward, out):
+    in_index = cuda.grid(1)
+    if in_index >= size:
+        return
+    i = in_index % w
+    rest = in_index // w
+    j = rest % h
+    rest //= h
+    k = rest % c
+    b = rest // c
+    out_c = c // (stride * stride)
+    c2 = k % out_c
+    offset = k // out_c
+    w2 = i * stride + offset % stride
+    h2 = j * stride + offset // stride
+    out_index = w2 + w * stride * (h2 + h * stride * (c2 + out_c * b))
+    if forward:
+        out[out_index] = x[in_index]
+    else:
+        out[in_index] = x[out_index]
+
+
+@cuda.jit
+def _flatten_kernel(n, x, size, layers, forward, swap):
+    id = cuda.grid(1)
+    if id >= n:
+        return
+    i = id % size
+    rest = id // size
+    c = rest % layers
+    b = rest // layers
+    i1 = b * layers * size + c * size + i
+    i2 = b * layers * size + i * layers + c
+    if forward:
+        swap[i2] = x[i1]
+    else:
+        swap[i1] = x[i2]
+
+
+def reorg_gpu(x, w, h, c, batch, stride, forward, out):
+    """darknet's ``reorg_cpu`` on the device: the same permutation, one thread per input index."""
+    size = batch * c * h * w
+    if size > 0:
+        _reorg_kernel[_blocks(size), BLOCK](size, x, w, h, c, stride, int(bool(forward)), out)
+
+
+def flatten_gpu(x, size, layers, batch, forward):
+    """darknet's ``flatten`` on the device: the transpose into a scratch buffer, copied back."""
+    n = size * layers * batch
+    if n > 0:
+        swap = cuda.device_array(n, np.float32)
+        _flatten_kernel[_blocks(n), BLOCK](n, x, size, layers, int(bool(forward)), swap)
+        x[:n].copy_to_device(swap)
+
+
 # ----------------------------------------------------------------------------- device layers
 
 def forward_route(l, net, k):
@@ -176,7 +235,38 @@ def backward_upsample(l, net, k):
         upsample_gpu(net.delta, l.w, l.h, l.c, l.batch, l.stride, 0, l.scale, l.delta)
 
 
+def forward_reorg(l, net, k):
+    """``darkpy.layers.reorg.forward`` on the device."""
+    if l.flatten:
+        n = l.outputs * l.batch
+        k.blas.copy_gpu(n, net.input, 1, l.output, 1)
+        flatten_gpu(l.output, l.w * l.h, l.c, l.batch, 0 if l.reverse else 1)
+    elif l.extra:
+        for i in range(l.batch):
+            k.blas.copy_gpu(l.inputs, net.input[i * l.inputs:], 1, l.output[i * l.outputs:], 1)
+    else:
+        reorg_gpu(net.input, l.w, l.h, l.c, l.batch, l.stride, 1 if l.reverse else 0, l.output)
+
+
+def backward_reorg(l, net, k):
+    """``darkpy.layers.reorg.backward`` on the device (writes over ``net.delta``)."""
+    if net.delta is None:
+        return
+    if l.flatten:
+        n = l.outputs * l.batch
+        k.blas.copy_gpu(n, l.delta, 1, net.delta, 1)
+        flatten_gpu(net.delta, l.w * l.h, l.c, l.batch, 1 if l.reverse else 0)
+    elif l.reverse:
+        reorg_gpu(l.delta, l.w, l.h, l.c, l.batch, l.stride, 0, net.delta)
+    elif l.extra:
+        for i in range(l.batch):
+            k.blas.copy_gpu(l.inputs, l.delta[i * l.outputs:], 1, net.delta[i * l.inputs:], 1)
+    else:
+        reorg_gpu(l.delta, l.w, l.h, l.c, l.batch, l.stride, 1, net.delta)
+
+
 LAYERS = {
+    "reorg": (forward_reorg, backward_reorg, None),
     "route": (forward_route, backward_route, None),
     "shortcut": (forward_shortcut, backward_shortcut, None),
     "upsample": (forward_upsample, backward_upsample, None),
