@@ -64,7 +64,7 @@ size = st.floats(float(np.float32(1e-3)), 1.0, width=32)
 boxes = st.tuples(coord, coord, size, size).map(lambda t: make_box(*t))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(boxes, boxes)
 def test_iou_bitwise_and_geometry(a, b):
     ours = box_iou(a, b)
@@ -76,7 +76,7 @@ def test_iou_bitwise_and_geometry(a, b):
     assert ours == pytest.approx(exact_iou(a, b), abs=1e-6 + 8 * edge_ulp / smallest)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(boxes, boxes)
 def test_rmse_is_double_then_float(a, b):
     d = [np.float64(a[k] - b[k]) for k in range(4)]  # float differences, promoted

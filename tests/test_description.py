@@ -520,7 +520,8 @@ def test_convert(tmp_path):
 # ---------------------------------------------------------------------------------------
 # fuzz: malformed text only ever raises darkpy errors; what parses round-trips
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 60 examples per run keep the suite fast; python -m darkpy.fuzz runs these properties for longer
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CFG_ALPHABET = st.sampled_from(list("[]=#;, \t\r\n.-+e0123456789abcnotv") + ["net", "conv", "yolo", "\0",
                                                                             "é", "[net]\n", "=1\n"])
 YAML_ALPHABET = st.sampled_from(list("[]{}:-,#'\"!&*|>?% \t\n.0123456789abe~") + [

@@ -736,7 +736,7 @@ _mutation = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(_mutation, min_size=1, max_size=4))
 def test_mutated_files_only_raise_weights_errors(tmp_path_factory, mutations):
     data = bytearray(_valid_file_bytes(tmp_path_factory))
