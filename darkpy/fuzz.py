@@ -889,6 +889,8 @@ KNOWN = [
           "network.py build_network: check memory_limit before make_*_layer allocates"),
     Known("memory-limit-numpy", ("MemoryError", "_ArrayMemoryError"), "Unable to allocate",
           "network.py build_network / check.py runners: check memory_limit before allocating"),
+    Known("memory-limit-numpy-dimension", ("ValueError",), "Maximum allowed dimension exceeded",
+          "network.py build_network: check memory_limit before make_*_layer asks numpy for 2**63 floats"),
     Known("memory-limit-ignores-workspace", ("Escaped",), "past memory_limit",
           "network.py build_network/layer_bytes: count net.workspace, net.input, net.truth and every "
           "layer buffer (adam's m/v too) against memory_limit"),

@@ -302,9 +302,9 @@ def test_shortcut_unknown_activation_names_file_and_line():
                                        "(here batchnorm's 'w must be at least 1') names no file, line or layer; "
                                        "re-raise errors without a path with the section's path/line/layer")
 def test_errors_from_make_layer_name_file_and_layer():
-    with pytest.raises(ShapeError) as info:
-        build(NET + "[connected]\noutput=4\n[batchnorm]\n")
-    assert info.value.path == "t.cfg" and info.value.line == 8 and info.value.layer == 1
+    with pytest.raises(ShapeError, match="w must be at least 1") as info:
+        build(NET + "[connected]\noutput=28\n[detection]\nclasses=2\ncoords=4\nside=2\nnum=1\n[batchnorm]\n")
+    assert info.value.path == "t.cfg" and info.value.line == 13 and info.value.layer == 2
 
 
 @pytest.mark.xfail(strict=True, reason="darkpy/network.py forward_network/backward_network: a DarkpyError "

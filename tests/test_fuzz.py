@@ -164,6 +164,9 @@ def test_bytes_edits():
 KNOWN_REPRODUCERS = [
     ("memory-limit-numpy", "network",
      "[net]\nbatch=64\nwidth=100000\nheight=100000\nchannels=3\n[convolutional]\nfilters=64\nsize=3\n"),
+    ("memory-limit-numpy-dimension", "network",
+     "[net]\nbatch=1\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2147483647\nsize=2147483647\n"
+     "pad=1\n"),
     ("memory-limit-ignores-workspace", "network",
      "[net]\nbatch=1\nwidth=8\nheight=8\nchannels=1\n[convolutional]\nfilters=1\nsize=300\npad=1\n"),
     ("step-zero", "network", "[net]\nbatch=1\nwidth=2\nheight=2\nchannels=1\npolicy=step\nstep=0\n"
