@@ -337,8 +337,9 @@ def test_bench_rows_run_and_check_bits(tmp_path):
     rows = bench.batchnorm_rows(shapes=((1, 2, 2, 3),), repeat=1)
     assert [r["name"] for r in rows] == ["train fwd+bwd", "infer fwd"]
     assert all(r["bitwise"] is True and r["min_ms"] > 0 and r["impl"] == "cuda-strict" for r in rows)
-    cfg = tmp_path / "mini.cfg"
-    cfg.write_text(CFG)
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text("[net]\nbatch=1\nheight=2\nwidth=2\nchannels=2\n\n"
+                   "[convolutional]\nfilters=2\nsize=1\nstride=1\npad=0\nactivation=leaky\n")
     net = build_network(load(cfg))
     rows = bench.network_rows(net, repeat=1)
     assert [r["name"] for r in rows] == ["network forward", "network forward+backward"]
