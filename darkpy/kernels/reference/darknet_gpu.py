@@ -23,13 +23,16 @@ CPU functions of the same purpose (``darkpy.kernels.reference.blas``):
   ``-1.f/sqrtf(...)``, ``normalize_delta`` is all float:
   ``(d/s + ((vd + vd)*(x - mean))/n) + md/n`` as nvcc's PTX orders it.
 * **FMA.**  nvcc contracts by default (``--fmad=true``).  Read from the PTX
-  nvcc 13 emits for ``blas_kernels.cu`` (``nvcc -ptx``, sm_75): ``axpy_kernel``
-  is one ``fma.rn.f32``; the products of ``backward_scale_kernel``
-  (``delta*x_norm``) and ``fast_variance_delta_kernel``
-  (``delta*(x - mean)``) are left as unrounded ``mul.f32`` + ``add.f32``, which
-  ``ptxas`` is allowed to fuse and (we assume, :data:`FUSE_PTXAS`) does; no
-  other kernel here has a multiply feeding an add.  Not verified on SASS:
-  ``cuobjdump`` is not available without the full toolkit/GPU.
+  nvcc 13.0 emits for ``blas_kernels.cu`` (``nvcc -ptx``, sm_75) and from the
+  SASS ``ptxas`` 13.0 makes of it (disassembled with ``nvdisasm``):
+  ``axpy_kernel`` is one ``fma.rn.f32``/``FFMA``; the products of
+  ``backward_scale_kernel`` (``delta*x_norm``) and
+  ``fast_variance_delta_kernel`` (``delta*(x - mean)``) stay a separate
+  ``FMUL`` and ``FADD`` (the multiply is predicated on ``i + id < spatial``,
+  the add takes 0 otherwise): not fused (:data:`FUSE_PTXAS` ``= False``).
+  No other kernel here has a multiply feeding an add.  The ``FFMA`` of the
+  SASS of ``fast_mean``, ``normalize`` etc. belong to the correctly rounded
+  division and square root routines, not to darknet's expressions.
 * **NaN.**  NVIDIA arithmetic returns the canonical NaN ``0x7fffffff`` for any
   NaN result; the emulation canonicalises every arithmetic result (copies keep
   their bits).
@@ -53,8 +56,9 @@ from darkpy.kernels import kernel
 #: darknet's BLOCK (include/darknet.h): threads per block of every launch.
 BLOCK = 512
 #: Whether ptxas fuses the unrounded ``mul.f32``/``add.f32`` pairs nvcc leaves in the PTX
-#: of backward_scale_kernel and fast_variance_delta_kernel (assumed; unverified without SASS).
-FUSE_PTXAS = True
+#: of backward_scale_kernel and fast_variance_delta_kernel: it does not (SASS of ptxas 13.0,
+#: sm_75: FMUL then FADD).  Other ptxas versions or architectures may differ: one switch.
+FUSE_PTXAS = False
 
 CANONICAL_NAN = np.uint32(0x7FFFFFFF).view(np.float32)
 EPS = np.float32(.00001)
