@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,10 @@ def main(argv=None):
         argv = ["run"] + argv
     args = parser.parse_args(argv)
     try:
-        kernels.use(args.kernels)
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            kernels.use(args.kernels)
+            return int(args.func(args) or 0)
     except DarkpyError as exc:
         if args.debug:
             raise
@@ -63,6 +66,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("darkpy: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line each, like errors."""
+    print(f"darkpy: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _parser():
@@ -108,6 +116,7 @@ def _parser():
     sp.add_argument("cases", nargs="+", metavar="CASE_DIR")
     sp.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     sp.add_argument("--quiet", "-q", action="store_true", help="one line per case")
+    sp.add_argument("--force", action="store_true", help="let --json overwrite a file of a case")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("compare", parents=[common], help="compare two dump directories")
@@ -194,8 +203,13 @@ def cmd_forward(args):
     from darkpy.network import forward_network
     net = _load(args)
     net.train = 0
-    tmp = tempfile.TemporaryDirectory()
-    weights_file = _weights_before(args, net, tmp.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _forward(args, net, tmp)
+
+
+def _forward(args, net, tmp):
+    from darkpy.network import forward_network
+    weights_file = _weights_before(args, net, tmp)
     runs = []
     for _ in range(max(1, args.repeat)):
         t = []
@@ -210,7 +224,6 @@ def cmd_forward(args):
         _dump(args, net, ["forward train=0 (prefix infer_)"],
               [(f"infer_layer{i:02d}_output", l.output, _shape(l, net), "forward")
                for i, l in enumerate(net.layers)], weights_file)
-    tmp.cleanup()
     return 0
 
 
@@ -218,8 +231,13 @@ def cmd_backward(args, update=None):
     from darkpy.network import backward_network, forward_network, update_network
     net = _load(args)
     update = args.update if update is None else update
-    tmp = tempfile.TemporaryDirectory()
-    weights_file = _weights_before(args, net, tmp.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _backward(args, net, update, tmp)
+
+
+def _backward(args, net, update, tmp):
+    from darkpy.network import backward_network, forward_network, update_network
+    weights_file = _weights_before(args, net, tmp)
     runs = []
     tensors = []
     net.seen += net.batch
@@ -264,7 +282,6 @@ def cmd_backward(args, update=None):
     print(f"cost: {float(net.cost[0]):.9g}")
     if args.dump:
         _dump(args, net, steps, tensors, weights_file, truth=True)
-    tmp.cleanup()
     return 0
 
 
@@ -345,7 +362,9 @@ def cmd_check(args):
         rows = [{"case": r.path, "tensor": row.name, "shape": list(row.shape), "identical": row.identical,
                  "differing": row.differing, "max_ulp": row.max_ulp, "max_abs": row.max_abs}
                 for r in results for row in r.rows]
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        from darkpy.description import write_text_atomic
+        inputs = [p for case in args.cases if Path(case).is_dir() for p in Path(case).iterdir()]
+        write_text_atomic(args.json, json.dumps(rows, indent=1), force=args.force, inputs=inputs)
     return 0 if ok else 1
 
 

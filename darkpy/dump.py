@@ -97,6 +97,8 @@ def read_case(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DumpError(f"the manifest is not valid JSON: {exc}", path=mpath,
                         line=getattr(exc, "lineno", None)) from None
+    except RecursionError:
+        raise DumpError("the manifest is not valid JSON: nested too deeply", path=mpath) from None
     if not isinstance(manifest, dict):
         raise DumpError("the manifest must be a JSON object", path=mpath)
     if manifest.get("format") != FORMAT:
@@ -132,9 +134,13 @@ def read_case(path):
                             path=mpath)
         e = TensorEntry(name, file, tuple(shape), stage)
         fpath = path / file
-        if not fpath.is_file():
+        try:
+            nbytes = fpath.stat().st_size if fpath.is_file() else None
+        except OSError as exc:
+            raise DumpError(f"{where} ({name}): cannot read file {file!r}: {exc.strerror or exc}",
+                            path=mpath) from None
+        if nbytes is None:
             raise DumpError(f"tensor {name!r}: file {file} is missing", path=fpath)
-        nbytes = fpath.stat().st_size
         if nbytes != 4 * e.size:
             hint = ""
             if nbytes == 8 * e.size:
@@ -162,8 +168,11 @@ def write_case(path, kind, params, tensors, build=None, extra_files=(), force=Fa
     if kind not in KINDS:
         raise DumpError(f"kind {kind!r}: expected one of {', '.join(KINDS)}", path=path)
     parent = path.parent if str(path.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    except OSError as exc:
+        raise DumpError(f"cannot create the dump directory: {exc.strerror or exc}", path=path) from None
     try:
         rows = []
         for name, array, shape, stage in tensors:

@@ -885,43 +885,14 @@ class Known:
 #: Bugs found by fuzzing and reported for fixing, each with a strict xfail test in tests/test_errors.py.
 #: Delete an entry when its fix lands (tests/test_fuzz.py checks that each still reproduces).
 KNOWN = [
-    Known("memory-limit-after-allocation", ("MemoryError", "_ArrayMemoryError", "ValueError"), "array is too big",
-          "network.py build_network: check memory_limit before make_*_layer allocates"),
-    Known("memory-limit-numpy", ("MemoryError", "_ArrayMemoryError"), "Unable to allocate",
-          "network.py build_network / check.py runners: check memory_limit before allocating"),
-    Known("memory-limit-numpy-dimension", ("ValueError",), "Maximum allowed dimension exceeded",
-          "network.py build_network: check memory_limit before make_*_layer asks numpy for 2**63 floats"),
-    Known("memory-limit-ignores-workspace", ("Escaped",), "past memory_limit",
-          "network.py build_network/layer_bytes: count net.workspace, net.input, net.truth and every "
-          "layer buffer (adam's m/v too) against memory_limit"),
-    Known("rate-overflow", ("OverflowError", "RuntimeWarning"), "get_current_rate",
-          "network.py get_current_rate: C's pow gives inf (use _c_pow, np.errstate(over='ignore'))"),
-    Known("step-zero", ("ZeroDivisionError",), "get_current_rate",
-          "network.py parse_net_options: refuse policy=step with step < 1"),
-    Known("first-layer-batchnorm", ("TypingError",), "batchnorm.py",
-          "layers/batchnorm.py backward: skip the copy into net.delta when it is None"),
     Known("check-params", ("ValueError", "TypeError", "KeyError", "AttributeError"), "check.py",
           "check.py: validate params (types, sizes) and given tensor sizes, raising DumpError"),
     Known("error-without-file", ("Escaped",), "error without a file",
           "network.py build_network/forward_network/backward_network: give a DarkpyError raised by a "
           "layer without a location the section's path, line and layer index; check.py: name case.json"),
-    Known("dump-deep-json", ("RecursionError",), "dump.py",
-          "dump.py read_case: catch RecursionError from json.loads"),
-    Known("dump-long-name", ("OSError",), "dump.py",
-          "dump.py read_case: catch OSError from Path.is_file/stat (ENAMETOOLONG)"),
     Known("yaml-line-break-characters", ("Escaped",), "did not round-trip",
           "description.py to_yaml_text/_check_writable: keys and values holding YAML line breaks "
           "(U+0085, U+2028, U+2029) are folded when read back: refuse them or emit them escaped"),
-    Known("dump-write-os-error", ("FileNotFoundError", "NotADirectoryError", "FileExistsError", "PermissionError"),
-          "dump.py", "dump.py write_case: turn OSError (mkdir, mkdtemp, writing) into DumpError naming the path"),
-    Known("check-json-os-error", ("FileNotFoundError", "NotADirectoryError", "PermissionError",
-                                  "IsADirectoryError"), "cli.py",
-          "cli.py cmd_check: --json that cannot be written raises OSError; write with write_text_atomic"),
-    Known("cli-temporary-directory", ("ResourceWarning",), "TemporaryDirectory",
-          "cli.py cmd_forward/cmd_backward: 'with tempfile.TemporaryDirectory() as tmp:' so that an error "
-          "does not leave the folder to the garbage collector"),
-    Known("check-json-overwrites-input", ("Escaped",), "case.json",
-          "cli.py cmd_check: refuse --json onto an input without --force; write atomically"),
 ]
 
 

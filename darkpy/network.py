@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from darkpy import layers as layer_types
-from darkpy.errors import CfgError
+from darkpy.errors import CfgError, DarkpyError, MemoryLimitError
 from darkpy.layer import UpdateArgs
 
 f32 = np.float32
@@ -161,6 +161,8 @@ def parse_net_options(section, net):
     if policy == "step":
         net.step = section.find_int("step", 1)
         net.scale = f32(section.find_float("scale", 1))
+        if net.step < 1:
+            _bad(section, "step", net.step, "a positive integer (get_current_rate divides by it)")
     elif policy == "steps":
         steps = section.find_int_list("steps", None)
         scales = section.find_float_list("scales", None)
@@ -210,7 +212,17 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT):
     for count, section in enumerate(description.layers):
         params.index = count
         _check_input(section, params)
-        l = layer_types.parse_layer(section, params)
+        where = dict(path=section.path, line=section.line, section=section.header, layer=count)
+        try:
+            l = layer_types.parse_layer(section, params)
+        except DarkpyError as e:
+            raise e.locate(**where)
+        except (MemoryError, ValueError) as e:   # numpy refused a buffer: more than the machine has
+            if isinstance(e, ValueError) and not any(
+                    m in str(e) for m in ("array is too big", "Maximum allowed dimension", "negative dimensions")):
+                raise
+            raise MemoryLimitError(f"this layer's buffers do not fit in memory ({e}); the network's "
+                                   f"limit is {memory_limit} bytes", **where) from None
         if section.type == "dropout" and count > 0:
             # darknet: a dropout layer works in place on the previous layer's buffers
             l.output = net.layers[count - 1].output
@@ -229,12 +241,16 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT):
         net.layers.append(l)
         allocated += layer_bytes(l)
         if allocated > memory_limit:
-            from darkpy.errors import MemoryLimitError
             raise MemoryLimitError(
                 f"the network's buffers need more than {memory_limit} bytes "
                 f"({allocated} bytes after layer {count}); lower batch/width/height or raise the limit",
                 path=section.path, line=section.line, section=section.header, layer=count)
         workspace_size = max(workspace_size, int(l.workspace_size))
+        if allocated + workspace_size > memory_limit:
+            raise MemoryLimitError(
+                f"the network's buffers need more than {memory_limit} bytes ({allocated} bytes of layer buffers "
+                f"and a {workspace_size}-byte workspace after layer {count}); lower batch/width/height or "
+                "raise the limit", **where)
         params.h, params.w, params.c, params.inputs = l.out_h, l.out_w, l.out_c, l.outputs
 
     if not net.layers:
@@ -310,7 +326,10 @@ def forward_network(net, timings=None):
         if l.delta is not None:
             l.delta.fill(0)
         t0 = time.perf_counter()
-        l.forward(l, n)
+        try:
+            l.forward(l, n)
+        except DarkpyError as e:
+            raise e.locate(path=net.path, section=l.type, layer=i)
         if timings is not None:
             timings.append(time.perf_counter() - t0)
         n.input = l.output
@@ -336,7 +355,10 @@ def backward_network(net, timings=None):
             n.delta = prev.delta
         n.index = i
         t0 = time.perf_counter()
-        l.backward(l, n)
+        try:
+            l.backward(l, n)
+        except DarkpyError as e:
+            raise e.locate(path=net.path, section=l.type, layer=i)
         if timings is not None:
             timings.append((i, time.perf_counter() - t0))
 
@@ -399,7 +421,8 @@ def get_current_rate(net):
     if policy == "constant":
         return f32(net.learning_rate)
     if policy == "step":
-        return f32(lr * math.pow(float(net.scale), batch_num // net.step))
+        with np.errstate(over="ignore"):
+            return f32(lr * _c_pow(float(net.scale), batch_num // net.step))
     if policy == "steps":
         rate = f32(net.learning_rate)
         for i in range(net.num_steps):
@@ -408,11 +431,13 @@ def get_current_rate(net):
             rate = f32(rate * net.scales[i])
         return rate
     if policy == "exp":
-        return f32(lr * math.pow(float(net.gamma), batch_num))
+        with np.errstate(over="ignore"):
+            return f32(lr * _c_pow(float(net.gamma), batch_num))
     if policy == "poly":
         with np.errstate(divide="ignore", invalid="ignore"):
             base = f32(1) - f32(f32(batch_num) / f32(net.max_batches))
-        return f32(lr * _c_pow(float(base), float(net.power)))
+        with np.errstate(over="ignore"):
+            return f32(lr * _c_pow(float(base), float(net.power)))
     if policy == "random":
         from darkpy.crand import rand_uniform
         return f32(lr * math.pow(float(rand_uniform(0, 1)), float(net.power)))

@@ -259,16 +259,11 @@ def test_memory_limit_error_names_layer_and_size(tmp_path):
 HUGE = "[net]\nbatch=64\nwidth=100000\nheight=100000\nchannels=3\n[convolutional]\nfilters=64\nsize=3\n"
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/network.py build_network: memory_limit is checked after "
-                                       "make_*_layer has allocated, so numpy's MemoryError escapes; estimate "
-                                       "the layer's buffers before allocating (see the report)")
 def test_huge_network_hits_the_memory_limit_before_allocating():
     with pytest.raises(MemoryLimitError, match="bytes"):
         build(HUGE)
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/network.py build_network: same bug as above; through the CLI "
-                                       "the MemoryError prints a traceback")
 def test_huge_network_on_the_command_line(tmp_path, capsys):
     path = tmp_path / "huge.cfg"
     path.write_text(HUGE)
@@ -277,9 +272,6 @@ def test_huge_network_on_the_command_line(tmp_path, capsys):
     assert_one_line_error(err, f"{path}:6", "bytes")
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/network.py build_network: net.workspace (and net.input/"
-                                       "net.truth) are allocated after the loop and never counted against "
-                                       "memory_limit; add them to the total before np.zeros")
 def test_workspace_counts_against_the_memory_limit():
     # 1x8x8 input, size=700 with pad=1: out 9x9, weights 2 MB, im2col workspace 159 MB
     with pytest.raises(MemoryLimitError):
@@ -289,27 +281,18 @@ def test_workspace_counts_against_the_memory_limit():
 
 # ----------------------------------------------------------------------------- bugs in layer modules
 
-@pytest.mark.xfail(strict=True, reason="darkpy/layers/shortcut.py parse: get_activation's CfgError is not "
-                                       "given file/line/section/layer; wrap it as convolutional.py does (or "
-                                       "let network.py build_network add the section's location, below)")
 def test_shortcut_unknown_activation_names_file_and_line():
     with pytest.raises(CfgError) as info:
         build(NET + CONV + "[shortcut]\nfrom=-1\nactivation=bogus\n")
     assert info.value.path == "t.cfg" and info.value.line is not None and info.value.layer == 1
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/network.py build_network: a ShapeError raised by make_*_layer "
-                                       "(here batchnorm's 'w must be at least 1') names no file, line or layer; "
-                                       "re-raise errors without a path with the section's path/line/layer")
 def test_errors_from_make_layer_name_file_and_layer():
     with pytest.raises(ShapeError, match="w must be at least 1") as info:
         build(NET + "[connected]\noutput=28\n[detection]\nclasses=2\ncoords=4\nside=2\nnum=1\n[batchnorm]\n")
     assert info.value.path == "t.cfg" and info.value.line == 13 and info.value.layer == 2
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/network.py forward_network/backward_network: a DarkpyError "
-                                       "raised inside l.forward (here softmax's truth-size check) names no "
-                                       "layer; add layer index, section and net.path")
 def test_errors_in_the_loops_name_the_layer():
     net = build(NET + "[connected]\noutput=4\n[softmax]\n[connected]\noutput=2\n")
     net.train = 1
@@ -336,10 +319,6 @@ def _train_once(net):
     update_network(net)
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/layers/batchnorm.py backward: a first-layer [batchnorm] copies "
-                                       "its delta into net.delta, which is None (darknet: NULL), and Numba "
-                                       "raises a TypingError; skip the copy when net.delta is None, or refuse "
-                                       "the layer at parse as dropout.py does")
 def test_first_layer_batchnorm_trains_or_is_refused():
     try:
         net = build(NET + "[batchnorm]\n")
@@ -348,17 +327,11 @@ def test_first_layer_batchnorm_trains_or_is_refused():
     _train_once(net)
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/network.py parse_net_options: policy=step with step=0 divides "
-                                       "by zero in get_current_rate (ZeroDivisionError; darknet: SIGFPE); "
-                                       "refuse step < 1 at its line")
 def test_step_policy_with_zero_step_is_refused():
     with pytest.raises(CfgError, match="step=0"):
         build(NET + "policy=step\nstep=0\n[avgpool]\n")
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/network.py get_current_rate: math.pow raises OverflowError where "
-                                       "C's pow gives inf (exp/step policies); use _c_pow and "
-                                       "np.errstate(over='ignore') for the float cast")
 def test_learning_rate_overflow_gives_inf_as_c():
     net = build(NET + "policy=exp\ngamma=2\n[avgpool]\n")
     net.seen = 5000
@@ -455,9 +428,6 @@ def test_nan_and_inf_weights_warn_naming_the_layer(weights_file, tmp_path, capsy
     assert rc == 0 and "biases holds 1 NaN" in err
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/cli.py main: warnings print in Python's default two-line format "
-                                       "(with a darkpy source line); format them as one "
-                                       "'darkpy: warning: ...' line (warnings.showwarning)")
 def test_cli_prints_each_warning_on_one_line(weights_file, tmp_path, capsys, shown_warnings):
     long = tmp_path / "long.weights"
     long.write_bytes(weights_file.read_bytes() + b"1234")
@@ -572,18 +542,12 @@ def test_bad_dump_raises_dump_error_naming_the_file(case, mutate, where, words, 
         assert_one_line_error(err, *words)
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/dump.py read_case: json.loads raises RecursionError on a deeply "
-                                       "nested manifest; catch RecursionError (and ValueError) with the "
-                                       "JSONDecodeError")
 def test_deeply_nested_manifest_is_a_dump_error(case):
     (case / "case.json").write_text("[" * 100_000)
     with pytest.raises(DumpError, match="JSON"):
         read_case(case)
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/dump.py read_case: Path.is_file raises OSError (ENAMETOOLONG) "
-                                       "for a 5000-character file name; refuse names longer than 255 bytes or "
-                                       "catch OSError around the stat")
 def test_overlong_tensor_file_name_is_a_dump_error(case):
     _edit(case, _set_entry(0, file="a" * 5000))
     with pytest.raises(DumpError):
@@ -699,8 +663,6 @@ def test_convert_to_an_unknown_format(tmp_path, capsys):
     assert_one_line_error(err, "t.txt", "name it .cfg, .yaml or .yml")
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/cli.py cmd_check: --json overwrites any file, the case's own "
-                                       "case.json included; refuse an input path without --force")
 def test_check_json_refuses_to_overwrite_the_manifest(case, capsys):
     manifest = (case / "case.json").read_bytes()
     rc, _, err = cli(capsys, "check", case, "--json", case / "case.json")
@@ -708,9 +670,6 @@ def test_check_json_refuses_to_overwrite_the_manifest(case, capsys):
     assert rc == 2
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/cli.py cmd_check: --json is written with Path.write_text "
-                                       "(truncate, then write); write through darkpy.description."
-                                       "write_text_atomic so that a failure keeps the old file")
 def test_check_json_is_written_atomically(case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "rows.json"
     out.write_text("old\n")
@@ -723,9 +682,6 @@ def test_check_json_is_written_atomically(case, tmp_path, capsys, monkeypatch):
     assert out.read_text() == "old\n"
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/dump.py write_case: an OSError from mkdir/mkdtemp (output "
-                                       "under a file, read-only folder) escapes as a traceback; raise DumpError "
-                                       "naming the path")
 def test_dump_into_an_impossible_place_is_an_error(tmp_path, capsys):
     cfg = tmp_path / "t.cfg"
     cfg.write_text(SMALL)
@@ -734,18 +690,12 @@ def test_dump_into_an_impossible_place_is_an_error(tmp_path, capsys):
     assert_one_line_error(err, str(cfg / "dump"))
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/cli.py cmd_check: --json into a missing folder raises "
-                                       "FileNotFoundError (traceback); write through write_text_atomic, whose "
-                                       "errors are DarkpyErrors")
 def test_check_json_into_a_missing_folder_is_an_error(case, tmp_path, capsys):
     rc, _, err = cli(capsys, "check", case, "-q", "--json", tmp_path / "nowhere" / "rows.json")
     assert rc == 2
     assert_one_line_error(err, "rows.json")
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/cli.py cmd_forward/cmd_backward: tempfile.TemporaryDirectory() "
-                                       "is cleaned up only on success; after an error the garbage collector "
-                                       "removes it with a ResourceWarning; use 'with ... as tmp:'")
 def test_failed_dump_cleans_up_its_temporary_directory(tmp_path, capsys):
     cfg = tmp_path / "t.cfg"
     cfg.write_text(SMALL)

@@ -162,6 +162,13 @@ def test_bytes_edits():
 # One input per known bug: each must still escape.  When one stops escaping, its fix
 # has landed: delete the entry from darkpy.fuzz.KNOWN and this row.
 KNOWN_REPRODUCERS = [
+    ("check-params", "manifest", ["batchnorm", [["set", [3, 0], "x"]]]),
+    ("error-without-file", "manifest", ["convolutional", [["set", [3, 0], "bogus"]]]),
+    ("yaml-line-break-characters", "cfg", "[net]\nb\x85atch=1\n"),
+]
+
+# Inputs that escaped before their fix landed: each must now give only darkpy's own errors.
+FIXED_REPRODUCERS = [
     ("memory-limit-numpy", "network",
      "[net]\nbatch=64\nwidth=100000\nheight=100000\nchannels=3\n[convolutional]\nfilters=64\nsize=3\n"),
     ("memory-limit-numpy-dimension", "network",
@@ -172,11 +179,8 @@ KNOWN_REPRODUCERS = [
     ("step-zero", "network", "[net]\nbatch=1\nwidth=2\nheight=2\nchannels=1\npolicy=step\nstep=0\n"
                              "[convolutional]\nfilters=1\nsize=1\n"),
     ("first-layer-batchnorm", "network", "[net]\nbatch=2\nwidth=2\nheight=2\nchannels=1\n[batchnorm]\n"),
-    ("check-params", "manifest", ["batchnorm", [["set", [3, 0], "x"]]]),
-    ("error-without-file", "manifest", ["convolutional", [["set", [3, 0], "bogus"]]]),
     ("dump-deep-json", "manifest", ["batchnorm", [["raw", "[" * 5000]]]),
     ("dump-long-name", "manifest", ["batchnorm", [["set", [4, 0, 0], "x" * 300]]]),
-    ("yaml-line-break-characters", "cfg", "[net]\nb\x85atch=1\n"),
     ("dump-write-os-error", "cli", ["forward", "@cfg", "--dump", "@underfile"]),
     ("check-json-os-error", "cli", ["check", "@case", "--json", "@underfile"]),
     ("cli-temporary-directory", "cli", ["forward", "@cfg", "--dump", "@case"]),
@@ -191,9 +195,13 @@ def test_known_bugs_still_escape(name, reader, value):
     assert fuzz.known(escape) is not None and fuzz.known(escape).name == name, escape
 
 
+@pytest.mark.parametrize("name, reader, value", FIXED_REPRODUCERS, ids=[k[0] for k in FIXED_REPRODUCERS])
+def test_fixed_bugs_stay_fixed(name, reader, value):
+    outcome, escape = fuzz.check(reader, value)
+    assert escape is None, f"{name} escapes again: {escape}"
+
+
 def test_every_known_bug_has_a_reproducer():
     names = {k.name for k in fuzz.KNOWN}
-    # rate-overflow and memory-limit-after-allocation need a long run or a huge dump to show;
-    # test_errors.py holds their strict xfails.
-    assert names - {k[0] for k in KNOWN_REPRODUCERS} == {"rate-overflow", "memory-limit-after-allocation"}
+    assert names == {k[0] for k in KNOWN_REPRODUCERS}
     assert issubclass(CfgError, DarkpyError)

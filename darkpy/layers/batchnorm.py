@@ -124,4 +124,5 @@ def backward(l, net):
                             l.bias_updates, l.scale_updates, l.mean_delta, l.variance_delta,
                             l.batch, l.out_c, l.out_w * l.out_h)
     if l.type == "batchnorm":
-        blas.copy_cpu(l.outputs * l.batch, l.delta, 1, net.delta, 1)
+        if net.delta is not None:  # darknet would write through a NULL pointer for a first layer
+            blas.copy_cpu(l.outputs * l.batch, l.delta, 1, net.delta, 1)
