@@ -37,10 +37,15 @@ def _cuda():
 _HOST_FIELDS = ("cost",)
 
 
-def to_device(l):
+def to_device(l, shared=None):
     """A copy of layer ``l`` whose float32 buffers (and maxpool's ``indexes``) are device
-    arrays; other fields are shared, and ``host`` is ``l`` itself."""
+    arrays; other fields are shared, and ``host`` is ``l`` itself.
+
+    ``shared`` (a dict, one per network) maps host buffers already on the device to
+    their device arrays, so that buffers darknet shares between layers stay shared.
+    """
     cuda = _cuda()
+    shared = {} if shared is None else shared
     d = Layer(l.type)
     for name in Layer.__slots__:
         if name == "extra_fields":
@@ -48,7 +53,9 @@ def to_device(l):
         value = getattr(l, name)
         if isinstance(value, np.ndarray) and name not in _HOST_FIELDS and (
                 value.dtype == np.float32 or name == "indexes"):
-            value = cuda.to_device(value)
+            if id(value) not in shared:
+                shared[id(value)] = (value, cuda.to_device(value))
+            value = shared[id(value)][1]
         object.__setattr__(d, name, value)
     d.extra_fields = dict(l.extra_fields)
     d.host = l
@@ -232,7 +239,8 @@ class DeviceNetwork:
         cuda = _cuda()
         self.net = net
         self.k = _kernels(profile)
-        self.layers = [to_device(l) for l in net.layers]
+        shared = {}
+        self.layers = [to_device(l, shared) for l in net.layers]
         self.input = cuda.to_device(net.input)
         self.truth = None if net.truth is None else cuda.to_device(net.truth)
         self.workspace = None if net.workspace is None else cuda.to_device(net.workspace)
