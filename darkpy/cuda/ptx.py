@@ -75,16 +75,26 @@ class _OfflineDevice:
 def compile_ptx(func, args):
     """PTX of kernel ``func`` for the types of ``args``, compiled for ``CC`` (no GPU needed)."""
     from numba import cuda, typeof
-    import numba.cuda.dispatcher as dispatcher
+    import importlib
 
     pyfunc = getattr(func, "py_func", func)
-    saved = dispatcher.get_current_device
+    # numba's built-in CUDA target and NVIDIA's numba-cuda keep the dispatcher under
+    # different module names; stub the current-device query wherever it is.
+    patched = []
     if not cuda.is_available():
-        dispatcher.get_current_device = _OfflineDevice
+        for name in ("numba.cuda.dispatcher", "numba_cuda.numba.cuda.dispatcher"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "get_current_device"):
+                patched.append((module, module.get_current_device))
+                module.get_current_device = _OfflineDevice
     try:
         ptx, _ = cuda.compile_ptx(pyfunc, tuple(typeof(a) for a in args), fastmath=False, cc=CC)
     finally:
-        dispatcher.get_current_device = saved
+        for module, saved in patched:
+            module.get_current_device = saved
     return ptx
 
 
