@@ -286,6 +286,9 @@ def _run_network(case):
         if step[0] == "forward":
             if step[1]:
                 net.seen += net.batch
+                if "srand" in case.params:  # the stream dropout/crop draw from while training
+                    from darkpy import crand
+                    crand.srand(int(case.params["srand"]))
             net.train = step[1]
             forward_network(net)
             snap(f"forward{step[1]}")

@@ -242,8 +242,10 @@ def _backward(args, net, update, tmp):
     tensors = []
     net.seen += net.batch
     net.train = 1
+    from darkpy import crand
     for rep in range(max(1, args.repeat)):
         tf, tb = [], []
+        crand.srand(args.seed)  # dropout/crop draw C's rand() while training: a known stream
         forward_network(net, timings=tf)
         if rep == 0:
             tensors += [(f"layer{i:02d}_output", l.output.copy(), _shape(l, net), "forward")
@@ -281,7 +283,7 @@ def _backward(args, net, update, tmp):
     _layer_table(net, tf, tb)
     print(f"cost: {float(net.cost[0]):.9g}")
     if args.dump:
-        _dump(args, net, steps, tensors, weights_file, truth=True)
+        _dump(args, net, steps, tensors, weights_file, truth=True, srand=args.seed)
     return 0
 
 
@@ -320,7 +322,7 @@ def _weights_before(args, net, tmp):
     return path
 
 
-def _dump(args, net, steps, tensors, weights_file, truth=False):
+def _dump(args, net, steps, tensors, weights_file, truth=False, srand=None):
     from darkpy.description import load, to_cfg_text
     from darkpy.dump import write_case
     extra = []
@@ -336,6 +338,8 @@ def _dump(args, net, steps, tensors, weights_file, truth=False):
             given.append(("truth", net.truth, [net.batch, net.truths], "given"))
         params = {"cfg": "network.cfg", "weights": "weights.weights" if weights_file else None,
                   "batch": net.batch, "c": net.c, "h": net.h, "w": net.w, "layers": net.n, "steps": steps}
+        if srand is not None:
+            params["srand"] = srand
         build = {"darkpy": __import__("darkpy").__version__, "kernels": kernels.active()}
         write_case(args.dump, "network", params, given + tensors, build=build, extra_files=extra,
                    force=args.force)

@@ -109,3 +109,23 @@ def test_memory_limit_is_checked_before_it_is_exceeded():
 def test_golden_networks_bitwise(name):
     res = check_case(GOLDEN / name)
     assert res.ok, "\n" + format_table(res.rows)
+
+
+DARKNET_DUMPS = DATA / "darknet-dumps"
+
+
+def test_dropout_and_crop_replay_darknets_rand_stream():
+    res = check_case(DARKNET_DUMPS / "net-dropout-crop")
+    assert res.ok, "\n" + format_table(res.rows)
+
+
+def test_without_the_recorded_srand_training_draws_differ(tmp_path):
+    import json
+    case = tmp_path / "case"
+    shutil.copytree(DARKNET_DUMPS / "net-dropout-crop", case)
+    manifest = json.loads((case / "case.json").read_text())
+    manifest["params"]["srand"] = manifest["params"]["srand"] + 1
+    (case / "case.json").write_text(json.dumps(manifest))
+    res = check_case(case)
+    differing = {r.name for r in res.rows if not r.identical}
+    assert "layer00_output" in differing and "infer_layer00_output" not in differing

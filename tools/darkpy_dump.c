@@ -364,6 +364,10 @@ int main(int argc, char **argv)
         p.steps[ns++] = DUMP_STEP_UPDATE;
         *net->seen += net->batch;
         net->train = 1;
+        /* Layers that draw from C's rand() while training (dropout, crop) see a known stream. */
+        p.srand_seed = (unsigned)o.seed;
+        p.has_srand = 1;
+        srand(p.srand_seed);
         forward_network(net);
         dump_outputs(&dc, net, "");
         put1(&dc, "cost", net->cost, 1, "forward");

@@ -313,7 +313,9 @@ int dump_write_manifest(dump_case *dc, const dump_build *b, const dump_params *p
         if (k) fputs(", ", fp);
         json_string(fp, p->steps[k]);
     }
-    fputs("]},\n", fp);
+    fputs("]", fp);
+    if (p->has_srand) fprintf(fp, ", \"srand\": %u", p->srand_seed);
+    fputs("},\n", fp);
 
     if (g) {
         fputs("  \"generator\": {\"harness\": ", fp);

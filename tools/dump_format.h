@@ -94,6 +94,8 @@ typedef struct {
     const char *weights;    /* file name inside DIR */
     int batch, c, h, w, layers;
     const char *steps[4];   /* NULL-terminated when fewer */
+    int has_srand;          /* 1: srand(srand_seed) ran just before the training forward */
+    unsigned srand_seed;    /* written as params "srand", so a checker can replay rand() (dropout, crop) */
 } dump_params;
 
 typedef struct {            /* provenance: written as case.json "generator" */
