@@ -140,6 +140,7 @@ def test_case_writer(fmt, tmp_path):
     assert (p["cfg"], p["weights"], p["batch"], p["c"], p["h"], p["w"], p["layers"]) == \
         ("network.cfg", "weights.weights", 2, 1, 1, 3, 1)
     assert p["steps"] == ["forward train=0 (prefix infer_)", "forward train=1"]
+    assert p["srand"] == 2**32 - 1  # the seed of C's rand() before the training forward (unsigned)
     g = manifest["generator"]
     assert g["seed"] == 2**64 - 1 and g["truth"] is None and g["seen"] == 7
     assert struct.pack("<f", g["learning_rate"]) == struct.pack("<f", 0.001)

@@ -348,7 +348,7 @@ int main(int argc, char **argv)
     }
 
     dump_params p = {"network.cfg", "weights.weights", net->batch, net->c, net->h, net->w, net->n,
-                     {NULL, NULL, NULL, NULL}};
+                     {NULL, NULL, NULL, NULL}, 0, 0};
     int ns = 0;
     if (o.infer) {
         p.steps[ns++] = DUMP_STEP_INFER;

@@ -70,7 +70,7 @@ static int cmd_case(const char *dir)
     }
     dump_build b = {"someone/darknet@0123abcd", "gcc 12.2.0 x86-64", "str\"ict\\", "-O2\n-x"};
     dump_params p = {"network.cfg", "weights.weights", 2, 1, 1, 3, 1,
-                     {DUMP_STEP_INFER, DUMP_STEP_TRAIN, NULL, NULL}};
+                     {DUMP_STEP_INFER, DUMP_STEP_TRAIN, NULL, NULL}, 1, 4294967295u};
     dump_generator g = {"test", 18446744073709551615ull, "w", "i", NULL, 0.001f, 7};
     if (dump_write_manifest(&dc, &b, &p, &g)) { perror("manifest"); return 1; }
     dump_case_close(&dc);
