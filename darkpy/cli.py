@@ -117,6 +117,10 @@ def _parser():
     sp.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     sp.add_argument("--quiet", "-q", action="store_true", help="one line per case")
     sp.add_argument("--force", action="store_true", help="let --json overwrite a file of a case")
+    sp.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where to re-run the case (cuda: Numba CUDA kernels; exit 2 without a GPU)")
+    sp.add_argument("--profile", choices=("strict", "darknet-gpu"), default="strict",
+                    help="with --device cuda: darknet's CPU bits (strict) or darknet's own GPU kernels")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("compare", parents=[common], help="compare two dump directories")
@@ -348,6 +352,11 @@ def _dump(args, net, steps, tensors, weights_file, truth=False, srand=None):
 
 def cmd_check(args):
     from darkpy.check import check_case, format_table
+    if args.device == "cuda":
+        from darkpy.cuda.network import check_case_device
+        check_case = lambda case: check_case_device(case, profile=args.profile)  # noqa: E731
+    elif args.profile != "strict":
+        raise DarkpyError("--profile darknet-gpu needs --device cuda")
     results, ok = [], True
     for case in args.cases:
         t0 = time.perf_counter()

@@ -74,3 +74,15 @@ def test_forward_rejects_an_input_of_the_wrong_size(tmp_path, capsys):
     assert main(["forward", str(GOLDEN / "net-yolo-mini" / "network.cfg"), "--input", str(raw)]) == 2
     err = capsys.readouterr().err
     assert "in.f32" in err and "7 float32 values" in err and "6144" in err
+
+
+def test_check_on_cuda_without_a_gpu_exits_2(capsys, monkeypatch):
+    import darkpy.cuda
+    from darkpy.errors import DeviceError
+
+    def no_gpu():
+        raise DeviceError("no CUDA GPU/driver: test")
+    monkeypatch.setattr(darkpy.cuda, "require", no_gpu)
+    assert main(["check", "--device", "cuda", str(GOLDEN / "bn-b1c3h1w2")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["check", "--profile", "darknet-gpu", str(GOLDEN / "bn-b1c3h1w2")]) == 2
