@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from darkpy.dump import read_case
-from darkpy.errors import DumpError
+from darkpy.errors import DarkpyError, DumpError
 from darkpy.layer import UpdateArgs
 
 
@@ -135,10 +135,15 @@ def run_case(case):
     return runner(case)
 
 
-def _given(case, name):
+def _given(case, name, size=None):
+    """A given tensor, flat; ``size`` (when known) is what the layer buffer it fills holds."""
     if name not in case:
         raise DumpError(f"the case lacks the given tensor {name!r}", path=case.path / "case.json")
-    return case.flat(name)
+    data = case.flat(name)
+    if size is not None and data.size != size:
+        raise DumpError(f"given tensor {name!r} has {data.size} values; the layer built from params "
+                        f"needs {size}", path=case.path / "case.json")
+    return data
 
 
 def _param(case, key):
@@ -148,26 +153,48 @@ def _param(case, key):
         raise DumpError(f"params.{key} is missing", path=case.path / "case.json") from None
 
 
+def _int(case, key, default=None, minimum=0):
+    """An integer parameter (JSON int, not bool), at least ``minimum``."""
+    value = case.params.get(key, default) if default is not None else _param(case, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise DumpError(f"params.{key} is {value!r}: expected an integer >= {minimum}",
+                        path=case.path / "case.json")
+    return value
+
+
+def _str(case, key, optional=False):
+    value = case.params.get(key) if optional else _param(case, key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise DumpError(f"params.{key} is {value!r}: expected a file name", path=case.path / "case.json")
+    return value
+
+
+def _set(case, layer, field, name):
+    buf = getattr(layer, field)
+    buf[:] = _given(case, name, buf.size)
+
+
 def _run_batchnorm(case):
     from darkpy.layers import batchnorm
-    p = case.params
-    batch, c, h, w = (int(_param(case, k)) for k in ("batch", "c", "h", "w"))
-    train = int(p.get("train", 1))
+    batch, c, h, w = (_int(case, k, minimum=1) for k in ("batch", "c", "h", "w"))
+    train = _int(case, "train", default=1)
     l = batchnorm.make_batchnorm_layer(batch, w, h, c)
-    l.scales[:] = _given(case, "scales")
-    l.biases[:] = _given(case, "biases")
-    l.rolling_mean[:] = _given(case, "rolling_mean_before")
-    l.rolling_variance[:] = _given(case, "rolling_variance_before")
+    for field, name in (("scales", "scales"), ("biases", "biases"), ("rolling_mean", "rolling_mean_before"),
+                        ("rolling_variance", "rolling_variance_before")):
+        _set(case, l, field, name)
     if train:
-        l.bias_updates[:] = _given(case, "bias_updates_before")
-        l.scale_updates[:] = _given(case, "scale_updates_before")
-    net = SimpleNamespace(input=_given(case, "input"), delta=np.zeros(l.inputs * batch, np.float32),
+        _set(case, l, "bias_updates", "bias_updates_before")
+        _set(case, l, "scale_updates", "scale_updates_before")
+    net = SimpleNamespace(input=_given(case, "input", l.inputs * batch),
+                          delta=np.zeros(l.inputs * batch, np.float32),
                           train=train, workspace=None, truth=None, index=0)
     out = {}
     l.forward(l, net)
     _snap(out, l, ("output", "x", "x_norm", "mean", "variance", "rolling_mean", "rolling_variance"))
     if train and "delta_in" in case:
-        l.delta[:] = _given(case, "delta_in")
+        _set(case, l, "delta", "delta_in")
         l.backward(l, net)
         _snap(out, l, ("bias_updates", "scale_updates", "mean_delta", "variance_delta", "delta"))
         out["net_delta"] = net.delta.copy()
@@ -178,31 +205,42 @@ def _run_convolutional(case):
     from darkpy.kernels.activations import get_activation
     from darkpy.layers import convolutional
     p = case.params
-    get = lambda k: int(_param(case, k))  # noqa: E731
-    bn = get("batch_normalize")
-    l = convolutional.make_convolutional_layer(get("batch"), get("h"), get("w"), get("c"), get("filters"),
-                                               get("groups"), get("size"), get("stride"), get("padding"),
-                                               get_activation(p["activation"]), bn, 0, 0, 0)
+    get = lambda k: _int(case, k, minimum=1)  # noqa: E731
+    bn = _int(case, "batch_normalize")
+    activation = _str(case, "activation")
+    try:
+        l = convolutional.make_convolutional_layer(get("batch"), get("h"), get("w"), get("c"), get("filters"),
+                                                   get("groups"), get("size"), get("stride"),
+                                                   _int(case, "padding"), get_activation(activation),
+                                                   bn, 0, 0, 0)
+    except DarkpyError as exc:
+        raise DumpError(f"params describe no valid convolutional layer: {exc.message}",
+                        path=case.path / "case.json") from None
     l.learning_rate_scale = np.float32(1)
     for field in ("weights", "biases", "weight_updates", "bias_updates") + (
             ("scales", "scale_updates", "rolling_mean", "rolling_variance") if bn else ()):
-        getattr(l, field)[:] = _given(case, field + "_before")
-    net = SimpleNamespace(input=_given(case, "input"), delta=_given(case, "net_delta_before"),
-                          train=int(p.get("train", 1)), truth=None, index=0,
+        _set(case, l, field, field + "_before")
+    net = SimpleNamespace(input=_given(case, "input", l.inputs * l.batch),
+                          delta=_given(case, "net_delta_before", l.inputs * l.batch),
+                          train=_int(case, "train", default=1), truth=None, index=0,
                           workspace=np.zeros(max(int(l.workspace_size), 4) // 4, np.float32))
     out = {}
     l.forward(l, net)
     _snap(out, l, ("output", "x", "x_norm", "mean", "variance", "rolling_mean", "rolling_variance"))
     if "delta_in" in case:
-        l.delta[:] = _given(case, "delta_in")
+        _set(case, l, "delta", "delta_in")
         l.backward(l, net)
         _snap(out, l, ("delta", "weight_updates", "bias_updates", "scale_updates", "mean_delta",
                        "variance_delta"))
         out["net_delta"] = net.delta.copy()
         u = p.get("update")
         if u:
-            a = UpdateArgs(batch=int(u["batch"]), learning_rate=np.float32(u["learning_rate"]),
-                           momentum=np.float32(u["momentum"]), decay=np.float32(u["decay"]))
+            try:
+                a = UpdateArgs(batch=int(u["batch"]), learning_rate=np.float32(u["learning_rate"]),
+                               momentum=np.float32(u["momentum"]), decay=np.float32(u["decay"]))
+            except (TypeError, KeyError, ValueError) as exc:
+                raise DumpError(f"params.update must hold numbers batch, learning_rate, momentum, decay "
+                                f"({exc})", path=case.path / "case.json") from None
             l.update(l, a)
             _snap(out, l, ("weights", "biases", "scales"))
             for field in ("weight_updates", "bias_updates", "scale_updates"):
@@ -224,8 +262,10 @@ _LAYER_TENSOR = re.compile(r"^(infer_)?layer(\d+)_(\w+?)(_after)?$")
 def network_steps(case):
     """The steps a network case ran, in order, as ("forward", train) / ("backward",) / ("update",)."""
     steps = []
-    for s in case.params.get("steps", ["forward train=0", "forward train=1", "backward", "update_network"]):
-        s = str(s)
+    listed = case.params.get("steps", ["forward train=0", "forward train=1", "backward", "update_network"])
+    if not isinstance(listed, list) or not all(isinstance(s, str) for s in listed):
+        raise DumpError(f"params.steps is {listed!r}: expected a list of step names", path=case.path / "case.json")
+    for s in listed:
         if s.startswith("forward"):
             steps.append(("forward", 0 if "train=0" in s else 1))
         elif s.startswith("backward"):
@@ -241,14 +281,15 @@ def _run_network(case):
     from darkpy.network import (backward_network, build_network, forward_network, update_network)
     from darkpy.description import load
     from darkpy.weights import load_weights
-    cfg = case.path / str(_param(case, "cfg"))
-    net = build_network(load(cfg), batch=int(case.params.get("batch", 0)) or None)
-    weights = case.params.get("weights")
+    cfg = case.path / _str(case, "cfg")
+    batch = _int(case, "batch", minimum=1) if "batch" in case.params else None
+    net = build_network(load(cfg), batch=batch)
+    weights = _str(case, "weights", optional=True)
     if weights:
         load_weights(net, case.path / weights)
-    net.input[:] = _given(case, "input")
+    net.input[:] = _given(case, "input", net.input.size)
     if "truth" in case:
-        net.truth[:] = _given(case, "truth")
+        net.truth[:] = _given(case, "truth", net.truth.size)
     wanted = {}
     for name in case.names():
         if case.entry(name).stage == "given":
@@ -288,7 +329,7 @@ def _run_network(case):
                 net.seen += net.batch
                 if "srand" in case.params:  # the stream dropout/crop draw from while training
                     from darkpy import crand
-                    crand.srand(int(case.params["srand"]))
+                    crand.srand(_int(case, "srand"))
             net.train = step[1]
             forward_network(net)
             snap(f"forward{step[1]}")

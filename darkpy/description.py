@@ -432,11 +432,20 @@ def parse_cfg_text(text, path="<string>"):
     return Description(path, sections)
 
 
+#: Characters YAML (and Python's str.splitlines) treat as line breaks: text holding one would be
+#: folded when read back, silently becoming another option, so it is refused.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 def _check_writable(section, key, value):
-    """A key/value that a cfg line can hold and read back unchanged."""
-    where = dict(section=section.header, line=section.line)
+    """A key/value that a cfg line (and a YAML scalar) can hold and read back unchanged."""
+    opt = section.option(key) if isinstance(key, str) else None
+    where = dict(path=section.path, section=section.header, line=opt.line if opt else section.line)
     if not isinstance(key, str) or not isinstance(value, str):
         raise CfgError(f"option {key!r} = {value!r}: keys and values must be strings", **where)
+    if _LINE_BREAKS & set(key + value):
+        raise CfgError(f"option {key!r} = {value!r} holds a line-break character; it cannot be written "
+                       "and read back unchanged", **where)
     if key == "" or "=" in key or key[0] in "[#;" or key != strip(key) or "\0" in key:
         raise CfgError(f"option name {key!r} cannot be written to a cfg line", **where)
     if value == "" or value != strip(value) or "\0" in value:

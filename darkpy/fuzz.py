@@ -885,14 +885,6 @@ class Known:
 #: Bugs found by fuzzing and reported for fixing, each with a strict xfail test in tests/test_errors.py.
 #: Delete an entry when its fix lands (tests/test_fuzz.py checks that each still reproduces).
 KNOWN = [
-    Known("check-params", ("ValueError", "TypeError", "KeyError", "AttributeError"), "check.py",
-          "check.py: validate params (types, sizes) and given tensor sizes, raising DumpError"),
-    Known("error-without-file", ("Escaped",), "error without a file",
-          "network.py build_network/forward_network/backward_network: give a DarkpyError raised by a "
-          "layer without a location the section's path, line and layer index; check.py: name case.json"),
-    Known("yaml-line-break-characters", ("Escaped",), "did not round-trip",
-          "description.py to_yaml_text/_check_writable: keys and values holding YAML line breaks "
-          "(U+0085, U+2028, U+2029) are folded when read back: refuse them or emit them escaped"),
 ]
 
 

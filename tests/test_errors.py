@@ -231,10 +231,6 @@ def test_bad_yaml_raises_cfg_error_naming_file_and_line(text, line, words, tmp_p
     assert_one_line_error(err, f"{path}:{line}" if line is not None else str(path), *words)
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/description.py to_yaml_text/_check_writable: a key or value "
-                                       "holding a YAML line break (U+0085, U+2028, U+2029) is written as a "
-                                       "folded scalar and reads back as another option ('b\\x85atch' -> "
-                                       "'batch'); refuse such text in _check_writable or emit it escaped")
 def test_converted_yaml_never_reads_back_as_a_different_network(tmp_path, capsys):
     src = tmp_path / "t.cfg"
     src.write_text("[net]\nb\x85atch=1\nwidth=8\nheight=8\nchannels=3\n[avgpool]\n")
@@ -566,10 +562,6 @@ CHECK_BUGS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/check.py: params are passed to int() unchecked and given tensors "
-                                       "copied into layer buffers without a size check (ValueError/TypeError "
-                                       "escape; a 1-element tensor silently broadcasts); validate both with "
-                                       "DumpError naming case.json and the key/tensor")
 @pytest.mark.parametrize("mutate", [c[1] for c in CHECK_BUGS], ids=[c[0] for c in CHECK_BUGS])
 def test_check_refuses_inconsistent_params_and_given_tensors(case, mutate):
     from darkpy.check import check_case
@@ -578,9 +570,6 @@ def test_check_refuses_inconsistent_params_and_given_tensors(case, mutate):
         check_case(case)
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/check.py _run_network: params.weights/params.cfg that are not "
-                                       "strings and params.steps that is not a list raise TypeError; check "
-                                       "their types (DumpError)")
 def test_check_refuses_non_string_weights_param(tmp_path):
     from darkpy.check import check_case
     case = tmp_path / "net"

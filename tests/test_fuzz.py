@@ -162,13 +162,13 @@ def test_bytes_edits():
 # One input per known bug: each must still escape.  When one stops escaping, its fix
 # has landed: delete the entry from darkpy.fuzz.KNOWN and this row.
 KNOWN_REPRODUCERS = [
-    ("check-params", "manifest", ["batchnorm", [["set", [3, 0], "x"]]]),
-    ("error-without-file", "manifest", ["convolutional", [["set", [3, 0], "bogus"]]]),
-    ("yaml-line-break-characters", "cfg", "[net]\nb\x85atch=1\n"),
 ]
 
 # Inputs that escaped before their fix landed: each must now give only darkpy's own errors.
 FIXED_REPRODUCERS = [
+    ("yaml-line-break-characters", "cfg", "[net]\nb\x85atch=1\n"),
+    ("error-without-file", "manifest", ["convolutional", [["set", [3, 0], "bogus"]]]),
+    ("check-params", "manifest", ["batchnorm", [["set", [3, 0], "x"]]]),
     ("memory-limit-numpy", "network",
      "[net]\nbatch=64\nwidth=100000\nheight=100000\nchannels=3\n[convolutional]\nfilters=64\nsize=3\n"),
     ("memory-limit-numpy-dimension", "network",
