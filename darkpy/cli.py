@@ -57,6 +57,8 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             kernels.use(args.kernels)
+            import darkpy.network
+            darkpy.network.ALLOW_UNUSED = args.allow_unused
             return int(args.func(args) or 0)
     except DarkpyError as exc:
         if args.debug:
@@ -76,6 +78,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def _parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--allow-unused", action="store_true",
+                        help="accept cfg options no layer reads, with a warning (darknet's behaviour); "
+                             "by default they are an error")
     common.add_argument("--kernels", choices=kernels.IMPLEMENTATIONS, default="fast",
                         help="fast kernels (default) or the loop-for-loop reference ones")
     p = argparse.ArgumentParser(prog="darkpy", parents=[common],

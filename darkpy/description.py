@@ -290,6 +290,20 @@ class Section:
             warnings.warn(f"{self.path}:{opt.line}: [{self.type}] unused option "
                           f"'{opt.key} = {opt.value}'", DarkpyWarning, stacklevel=2)
 
+    def refuse_unused(self, layer=None):
+        """Raise ``CfgError`` at the first option nothing read (darknet only prints "Unused field").
+
+        A misspelt or foreign option (e.g. one of AlexeyAB's darknet) would otherwise build a
+        silently different network from the one its author meant.
+        """
+        unused = self.unused()
+        if unused:
+            names = ", ".join(f"'{o.key}'" for o in unused)
+            raise CfgError(f"option '{unused[0].key} = {unused[0].value}' is not one [{self.type}] reads "
+                           f"(unused: {names}); remove it, or allow unused options (darknet only warns: "
+                           "--allow-unused)", path=self.path, line=unused[0].line, section=self.header,
+                           layer=layer)
+
     # -- helpers -------------------------------------------------------------------------
 
     def _take(self, key):

@@ -187,19 +187,23 @@ def _bad(section, key, value, expected):
                    line=opt.line if opt else section.line, section=section.header)
 
 
-def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT):
+def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT, allow_unused=None):
     """darknet's ``parse_network_cfg``: a ``Network`` from a ``Description``.
 
     ``batch`` overrides the ``[net]`` batch (darknet's ``set_batch_network``).
     Raises ``CfgError``/``ShapeError`` naming the file, line and layer for
-    anything darknet could not build, and ``MemoryLimitError`` when the float32
+    anything darknet could not build, and for an option no layer reads (darknet's
+    "Unused field" shrug) unless ``allow_unused`` (then a ``DarkpyWarning``; the
+    default comes from ``darkpy.network.ALLOW_UNUSED``, which ``--allow-unused`` sets), and ``MemoryLimitError`` when the float32
     buffers would exceed ``memory_limit`` bytes (checked layer by layer, before
     each layer allocates).
     """
     net = Network(len(description.layers))
     net.path = description.path
+    if allow_unused is None:
+        allow_unused = ALLOW_UNUSED
     parse_net_options(description.net, net)
-    description.net.warn_unused()
+    _unused(description.net, allow_unused, None)
     if batch is not None:
         if batch < 1:
             raise CfgError(f"batch {batch}: expected a positive integer", path=description.path)
@@ -237,7 +241,7 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT):
         l.dontloadscales = section.find_int("dontloadscales", 0)
         l.learning_rate_scale = f32(section.find_float("learning_rate", 1))
         l.smooth = f32(section.find_float("smooth", 0))
-        section.warn_unused()
+        _unused(section, allow_unused, count)
         net.layers.append(l)
         allocated += layer_bytes(l)
         if allocated > memory_limit:
@@ -266,6 +270,17 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT):
     if workspace_size:
         net.workspace = np.zeros((workspace_size - 1) // 4 + 1, np.float32)
     return net
+
+
+#: Whether build_network accepts options no layer reads (warning) by default; ``--allow-unused`` sets it.
+ALLOW_UNUSED = False
+
+
+def _unused(section, allow, layer):
+    if allow:
+        section.warn_unused()
+    else:
+        section.refuse_unused(layer)
 
 
 def _check_input(section, params):

@@ -163,14 +163,29 @@ def test_layer_errors_name_the_layer_index():
     assert "[route] layer 2:" in str(info.value)
 
 
-def test_unknown_option_is_a_warning_naming_file_and_line(tmp_path, capsys, shown_warnings):
-    """darknet's "Unused field": darkpy warns (a cfg from darknet may carry options it ignores)."""
+def test_unknown_option_is_an_error_naming_file_and_line(tmp_path, capsys):
+    """darknet only prints "Unused field"; a misspelt option would build another network: darkpy stops."""
     text = NET + "[avgpool]\nfilterz=3\n"
-    with pytest.warns(DarkpyWarning, match=r"t\.cfg:7: \[avgpool\] unused option 'filterz = 3'"):
+    with pytest.raises(CfgError, match=r"t\.cfg:7 \[avgpool\] layer 0: option 'filterz = 3' is not one"):
         build_network(parse_cfg_text(text, "t.cfg"))
     path = tmp_path / "t.cfg"
     path.write_text(text)
     rc, out, err = cli(capsys, "info", path)
+    assert rc == 2
+    assert_one_line_error(err, f"{path}:7", "filterz", "--allow-unused")
+
+
+def test_allow_unused_downgrades_to_darknets_warning(tmp_path, capsys, shown_warnings):
+    text = NET + "[avgpool]\nfilterz=3\n"
+    with pytest.warns(DarkpyWarning, match=r"t\.cfg:7: \[avgpool\] unused option 'filterz = 3'"):
+        build_network(parse_cfg_text(text, "t.cfg"), allow_unused=True)
+    path = tmp_path / "t.cfg"
+    path.write_text(text)
+    try:
+        rc, out, err = cli(capsys, "info", "--allow-unused", path)
+    finally:
+        import darkpy.network
+        darkpy.network.ALLOW_UNUSED = False
     assert rc == 0 and "unused option 'filterz = 3'" in err
 
 
