@@ -13,6 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from darkpy import kernels
+from darkpy.description import parse_cfg_text
+from darkpy.network import SizeParams
+
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data"
 #: Golden dumps copied into the repository (strict build; the large bn-b8c64h26w26 is read from shared/).
@@ -39,7 +43,6 @@ def shared_path(*parts):
 @pytest.fixture(params=["fast", "reference"])
 def impl(request):
     """Run a test once with each kernel implementation (``darkpy.kernels.use``), then restore."""
-    from darkpy import kernels
     before = kernels.active()
     kernels.use(request.param)
     yield request.param
@@ -63,7 +66,6 @@ def rng_for(*key):
 
 def layer_section(text, index=1):
     """The layer section of a cfg snippet, numbered as layer ``index`` (as ``image_params``)."""
-    from darkpy.description import parse_cfg_text
     sec = parse_cfg_text("[net]\nbatch=1\nwidth=1\nheight=1\nchannels=1\n" + text).layers[0]
     sec.index = index
     return sec
@@ -71,7 +73,6 @@ def layer_section(text, index=1):
 
 def image_params(batch, c, h, w, index=1, layers=()):
     """``SizeParams`` for a layer fed by a ``batch`` x c x h x w image."""
-    from darkpy.network import SizeParams
     return SizeParams(batch=batch, inputs=c * h * w, h=h, w=w, c=c, index=index, time_steps=1,
                       net=SimpleNamespace(layers=list(layers)))
 
