@@ -168,9 +168,9 @@ def test_eps_delta_kernels_are_darknets_at_its_epsilon():
             darknet_blas.variance_delta_cpu(x, d, mean, variance, batch, filters, spatial, vd)
             darknet_blas.normalize_delta_cpu(x, mean, variance, md, vd, batch, filters, spatial, d)
         else:
-            reference.mean_delta_eps_cpu(d, variance, 1e-5, batch, filters, spatial, md)
-            reference.variance_delta_eps_cpu(x, d, mean, variance, 1e-5, batch, filters, spatial, vd)
-            reference.normalize_delta_eps_cpu(x, mean, variance, 1e-5, md, vd, batch, filters, spatial, d)
+            reference.mean_delta_eps_cpu(d, variance, f32(1e-5), batch, filters, spatial, md)
+            reference.variance_delta_eps_cpu(x, d, mean, variance, f32(1e-5), batch, filters, spatial, vd)
+            reference.normalize_delta_eps_cpu(x, mean, variance, f32(1e-5), md, vd, batch, filters, spatial, d)
         outs.append((md, vd, d))
     for a, b in zip(*outs):
         assert bitwise_equal(a, b)
