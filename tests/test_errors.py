@@ -312,10 +312,8 @@ def test_errors_in_the_loops_name_the_layer():
     assert info.value.layer == 1 and info.value.path == "t.cfg"
 
 
-@pytest.mark.xfail(strict=True, reason="darkpy/layers/cost.py get_cost_type: an unknown type only warns and "
-                                       "becomes sse (darknet's shrug); issue 6 asks for a CfgError at the line")
 def test_unknown_cost_type_is_an_error():
-    with pytest.raises(CfgError, match="foo"):
+    with pytest.raises(CfgError, match=r"t\.cfg:7 \[cost\].*type=foo: expected one of"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", DarkpyWarning)
             build_network(parse_cfg_text(NET + "[cost]\ntype=foo\n", "t.cfg"))

@@ -23,7 +23,7 @@ from conftest import GOLDEN, central_gradient, emulated_softmax, layer_section
 from darkpy.check import bitwise_equal
 from darkpy.description import parse_cfg_text
 from darkpy.dump import read_case
-from darkpy.errors import CfgError, DarkpyWarning, ShapeError
+from darkpy.errors import CfgError, ShapeError
 from darkpy.layers import cost, softmax
 from darkpy.network import SizeParams, calc_network_cost
 from darkpy.tree import parse_tree_text
@@ -236,9 +236,8 @@ def test_masked_cost_overwrites_input_and_scale_in_backward(impl):
 def test_cost_types_and_unknown_names():
     for name, value in (("seg", cost.SEG), ("wgan", cost.WGAN), ("L1", cost.L1)):
         assert cost.parse(layer_section(f"[cost]\ntype={name}\n"), params(1, 2)).cost_type == value
-    with pytest.warns(DarkpyWarning, match="unknown type 'l1'"):
-        l = cost.parse(layer_section("[cost]\ntype=l1\n"), params(1, 2))
-    assert l.cost_type == cost.SSE
+    with pytest.raises(CfgError, match="type=l1: expected one of"):  # darknet: case-sensitive, falls back to sse
+        cost.parse(layer_section("[cost]\ntype=l1\n"), params(1, 2))
     s = layer_section("[cost]\nratio=.25\nnoobj=3\nthresh=.1\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

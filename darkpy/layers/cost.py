@@ -16,11 +16,9 @@ them; only darknet's GPU code uses them (and ``smooth``), so the CPU forward her
 ignores them, as darknet's does.
 """
 
-import warnings
-
 import numpy as np
 
-from darkpy.errors import DarkpyError, DarkpyWarning, ShapeError
+from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family
 from darkpy.layer import Layer
 
@@ -33,15 +31,14 @@ SECRET_NUM = np.float32(-1234)
 
 
 def get_cost_type(s, where=None):
-    """darknet's ``get_cost_type``: the enum of a (case-sensitive) name; unknown names warn and give SSE."""
+    """darknet's ``get_cost_type``: the enum of a (case-sensitive) name.
+
+    darknet prints "Couldn't find cost type" and goes on with SSE; darkpy raises ``CfgError``
+    (a silently different loss is worse than an error).
+    """
     if s in _NAMES:
         return _NAMES[s]
-    place = ""
-    if where and where.get("path") is not None:
-        place = f"{where['path']}:{where.get('line')}: "
-    warnings.warn(f"{place}[cost] unknown type '{s}' (expected one of {', '.join(_NAMES)}): "
-                  f"using sse, as darknet does", DarkpyWarning, stacklevel=3)
-    return SSE
+    raise CfgError(f"type={s}: expected one of {', '.join(_NAMES)}", **(where or {}))
 
 
 def get_cost_string(a):
@@ -54,7 +51,8 @@ def get_cost_string(a):
 
 def parse(section, params):
     """darknet's ``parse_cost``: type, scale, ratio, noobj, thresh."""
-    where = dict(path=section.path, line=section.line, section=section.header,
+    opt = section.option("type")
+    where = dict(path=section.path, line=opt.line if opt else section.line, section=section.header,
                  layer=section.index if section.index >= 0 else None)
     cost_type = get_cost_type(section.find_str("type", "sse"), where)
     scale = section.find_float("scale", 1)
