@@ -91,3 +91,68 @@ class UpdateArgs:
     B2: float = 0.999
     eps: float = 1e-7
     t: int = 0
+
+
+# ----------------------------------------------------------------------------- buffers under a budget
+
+import contextlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+#: The open allocation budgets (``memory_budget``): each a one-element list of bytes still allowed.
+_BUDGETS = []
+
+
+class BudgetExceeded(Exception):
+    """A buffer that would take the running total past the budget (``needed``, ``limit`` in bytes)."""
+
+    def __init__(self, needed, limit, total):
+        self.needed, self.limit, self.total = needed, limit, total
+        super().__init__(f"{needed} more bytes would make {total}, over the limit of {limit}")
+
+
+@contextlib.contextmanager
+def memory_budget(limit):
+    """Within the block, ``zeros``/``ones``/``full`` refuse (``BudgetExceeded``) before allocating
+    a buffer that would take the total past ``limit`` bytes.  Yields a callable giving the total."""
+    state = [0, int(limit)]
+    _BUDGETS.append(state)
+    try:
+        yield lambda: state[0]
+    finally:
+        _BUDGETS.remove(state)
+
+
+def charge(nbytes):
+    """Count ``nbytes`` against the open budget (if any) before they are allocated."""
+    if _BUDGETS:
+        state = _BUDGETS[-1]
+        total = state[0] + int(nbytes)
+        if total > state[1]:
+            raise BudgetExceeded(int(nbytes), state[1], total)
+        state[0] = total
+
+
+def _count(shape):
+    n = 1
+    for d in (shape if isinstance(shape, tuple) else (shape,)):
+        n *= int(d)
+    return n
+
+
+def zeros(shape, dtype=np.float32):
+    """``np.zeros`` for a layer buffer (darknet's ``calloc``), checked against the open budget first."""
+    charge(max(_count(shape), 0) * np.dtype(dtype).itemsize)
+    return np.zeros(shape, dtype)
+
+
+def ones(shape, dtype=np.float32):
+    """``np.ones`` for a layer buffer, checked against the open budget first."""
+    charge(max(_count(shape), 0) * np.dtype(dtype).itemsize)
+    return np.ones(shape, dtype)
+
+
+def full(shape, value, dtype=np.float32):
+    """``np.full`` for a layer buffer, checked against the open budget first."""
+    charge(max(_count(shape), 0) * np.dtype(dtype).itemsize)
+    return np.full(shape, value, dtype)

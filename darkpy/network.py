@@ -18,7 +18,7 @@ import numpy as np
 
 from darkpy import layers as layer_types
 from darkpy.errors import CfgError, DarkpyError, MemoryLimitError
-from darkpy.layer import UpdateArgs
+from darkpy.layer import BudgetExceeded, UpdateArgs, charge, memory_budget
 
 f32 = np.float32
 
@@ -195,8 +195,10 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT, al
     anything darknet could not build, and for an option no layer reads (darknet's
     "Unused field" shrug) unless ``allow_unused`` (then a ``DarkpyWarning``; the
     default comes from ``darkpy.network.ALLOW_UNUSED``, which ``--allow-unused`` sets), and ``MemoryLimitError`` when the float32
-    buffers would exceed ``memory_limit`` bytes (checked layer by layer, before
-    each layer allocates).
+    buffers would exceed ``memory_limit`` bytes: every buffer a layer allocates
+    (``darkpy.layer.zeros``), the input, the truth and the shared workspace are
+    counted before they are allocated, and the first one that would cross the
+    limit is refused with its size and the total it would make.
     """
     net = Network(len(description.layers))
     net.path = description.path
@@ -211,64 +213,66 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT, al
 
     params = SizeParams(batch=net.batch, inputs=net.inputs, h=net.h, w=net.w, c=net.c,
                         index=0, time_steps=net.time_steps, net=net)
-    workspace_size = 0
-    allocated = 0
-    for count, section in enumerate(description.layers):
-        params.index = count
-        _check_input(section, params)
-        where = dict(path=section.path, line=section.line, section=section.header, layer=count)
-        try:
-            l = layer_types.parse_layer(section, params)
-        except DarkpyError as e:
-            raise e.locate(**where)
-        except (MemoryError, ValueError) as e:   # numpy refused a buffer: more than the machine has
-            if isinstance(e, ValueError) and not any(
-                    m in str(e) for m in ("array is too big", "Maximum allowed dimension", "negative dimensions")):
-                raise
-            raise MemoryLimitError(f"this layer's buffers do not fit in memory ({e}); the network's "
-                                   f"limit is {memory_limit} bytes", **where) from None
-        if section.type == "dropout" and count > 0:
-            # darknet: a dropout layer works in place on the previous layer's buffers
-            l.output = net.layers[count - 1].output
-            l.delta = net.layers[count - 1].delta
-        l.clip = net.clip
-        l.truth = section.find_int("truth", 0)
-        l.onlyforward = section.find_int("onlyforward", 0)
-        l.stopbackward = section.find_int("stopbackward", 0)
-        l.dontsave = section.find_int("dontsave", 0)
-        l.dontload = section.find_int("dontload", 0)
-        l.numload = section.find_int("numload", 0)
-        l.dontloadscales = section.find_int("dontloadscales", 0)
-        l.learning_rate_scale = f32(section.find_float("learning_rate", 1))
-        l.smooth = f32(section.find_float("smooth", 0))
-        _unused(section, allow_unused, count)
-        net.layers.append(l)
-        allocated += layer_bytes(l)
-        if allocated > memory_limit:
-            raise MemoryLimitError(
-                f"the network's buffers need more than {memory_limit} bytes "
-                f"({allocated} bytes after layer {count}); lower batch/width/height or raise the limit",
-                path=section.path, line=section.line, section=section.header, layer=count)
-        workspace_size = max(workspace_size, int(l.workspace_size))
-        if allocated + workspace_size > memory_limit:
-            raise MemoryLimitError(
-                f"the network's buffers need more than {memory_limit} bytes ({allocated} bytes of layer buffers "
-                f"and a {workspace_size}-byte workspace after layer {count}); lower batch/width/height or "
-                "raise the limit", **where)
-        params.h, params.w, params.c, params.inputs = l.out_h, l.out_w, l.out_c, l.outputs
+    with memory_budget(memory_limit) as used:
+        where = dict(path=description.net.path, line=description.net.line, section=description.net.header)
+        _charge(4 * net.inputs * net.batch, "the input buffer", memory_limit, used, where)
+        workspace_size = 0
+        for count, section in enumerate(description.layers):
+            params.index = count
+            _check_input(section, params)
+            where = dict(path=section.path, line=section.line, section=section.header, layer=count)
+            try:
+                l = layer_types.parse_layer(section, params)
+            except DarkpyError as e:
+                raise e.locate(**where)
+            except BudgetExceeded as e:  # refused before numpy allocated the buffer
+                raise MemoryLimitError(
+                    f"this layer needs a buffer of {e.needed} bytes, which would take the network to "
+                    f"{e.total} bytes, over the limit of {e.limit}; lower batch/width/height or raise the "
+                    "limit", **where) from None
+            except (MemoryError, ValueError) as e:   # numpy refused a buffer: more than the machine has
+                if isinstance(e, ValueError) and not any(
+                        m in str(e) for m in ("array is too big", "Maximum allowed dimension",
+                                              "negative dimensions")):
+                    raise
+                raise MemoryLimitError(f"this layer's buffers do not fit in memory ({e}); the network's "
+                                       f"limit is {memory_limit} bytes", **where) from None
+            if section.type == "dropout" and count > 0:
+                # darknet: a dropout layer works in place on the previous layer's buffers
+                l.output = net.layers[count - 1].output
+                l.delta = net.layers[count - 1].delta
+            l.clip = net.clip
+            l.truth = section.find_int("truth", 0)
+            l.onlyforward = section.find_int("onlyforward", 0)
+            l.stopbackward = section.find_int("stopbackward", 0)
+            l.dontsave = section.find_int("dontsave", 0)
+            l.dontload = section.find_int("dontload", 0)
+            l.numload = section.find_int("numload", 0)
+            l.dontloadscales = section.find_int("dontloadscales", 0)
+            l.learning_rate_scale = f32(section.find_float("learning_rate", 1))
+            l.smooth = f32(section.find_float("smooth", 0))
+            _unused(section, allow_unused, count)
+            net.layers.append(l)
+            if int(l.workspace_size) > workspace_size:  # the shared workspace grows to the largest need
+                _charge(_workspace_bytes(l.workspace_size) - _workspace_bytes(workspace_size),
+                        f"the shared workspace ({int(l.workspace_size)} bytes for this layer)",
+                        memory_limit, used, where)
+                workspace_size = int(l.workspace_size)
+            params.h, params.w, params.c, params.inputs = l.out_h, l.out_w, l.out_c, l.outputs
 
-    if not net.layers:
-        raise CfgError("the network has no layers after [net]", path=description.path)
-    out = get_network_output_layer(net)
-    net.outputs = out.outputs
-    net.truths = out.outputs
-    if net.layers[-1].truths:
-        net.truths = net.layers[-1].truths
+        if not net.layers:
+            raise CfgError("the network has no layers after [net]", path=description.path)
+        out = get_network_output_layer(net)
+        net.outputs = out.outputs
+        net.truths = out.outputs
+        if net.layers[-1].truths:
+            net.truths = net.layers[-1].truths
+        _charge(4 * net.truths * net.batch, "the truth buffer", memory_limit, used, where)
     net.output = out.output
     net.input = np.zeros(net.inputs * net.batch, np.float32)
     net.truth = np.zeros(net.truths * net.batch, np.float32)
     if workspace_size:
-        net.workspace = np.zeros((workspace_size - 1) // 4 + 1, np.float32)
+        net.workspace = np.zeros(_workspace_bytes(workspace_size) // 4, np.float32)
     return net
 
 
@@ -283,24 +287,26 @@ def _unused(section, allow, layer):
         section.refuse_unused(layer)
 
 
+def _workspace_bytes(workspace_size):
+    """Bytes of darknet's ``calloc(1, workspace_size)`` workspace, in whole floats."""
+    return 4 * ((int(workspace_size) - 1) // 4 + 1) if workspace_size else 0
+
+
+def _charge(nbytes, what, limit, used, where):
+    try:
+        charge(nbytes)
+    except BudgetExceeded as e:
+        raise MemoryLimitError(f"{what} needs {e.needed} bytes, which would take the network to {e.total} "
+                               f"bytes, over the limit of {e.limit}; lower batch/width/height or raise the "
+                               "limit", **where) from None
+
+
 def _check_input(section, params):
     """Refuse an input shape no layer can take (darknet would allocate garbage or crash)."""
     if params.inputs <= 0 or params.batch <= 0:
         raise CfgError(f"input to this layer has {params.inputs} values "
                        f"({params.c}x{params.h}x{params.w}); expected a positive size",
                        path=section.path, line=section.line, section=section.header, layer=params.index)
-
-
-def layer_bytes(l):
-    """Bytes held by a layer's numpy buffers (the memory check of ``build_network``)."""
-    total = 0
-    for name in ("output", "delta", "x", "x_norm", "weights", "weight_updates", "biases",
-                 "bias_updates", "scales", "scale_updates", "mean", "variance", "mean_delta",
-                 "variance_delta", "rolling_mean", "rolling_variance", "indexes", "rand", "loss"):
-        buf = getattr(l, name, None)
-        if isinstance(buf, np.ndarray):
-            total += buf.nbytes
-    return total
 
 
 def load_network(cfg, weights=None, batch=None, clear=False):

@@ -264,7 +264,20 @@ def test_memory_limit_error_names_layer_and_size(tmp_path):
         build(NET + CONV + "[convolutional]\nfilters=64\nsize=3\npad=1\n", memory_limit=20_000)
     e = info.value
     assert e.layer == 1 and e.line == 10 and e.path == "t.cfg"
-    assert "more than 20000 bytes" in str(e) and "after layer 1" in str(e)
+    assert "over the limit of 20000" in str(e) and "needs a buffer of" in str(e)
+
+
+def test_memory_limit_is_checked_before_numpy_allocates(monkeypatch):
+    """The refused buffer is never requested from numpy: the budget is charged first."""
+    import darkpy.layer
+    requested = []
+    real = darkpy.layer.np.zeros
+    monkeypatch.setattr(darkpy.layer.np, "zeros", lambda *a, **k: requested.append(a[0]) or real(*a, **k))
+    with pytest.raises(MemoryLimitError) as info:
+        build(NET + CONV + "[convolutional]\nfilters=64\nsize=3\npad=1\n", memory_limit=20_000)
+    needed = int(str(info.value).split("buffer of ")[1].split(" bytes")[0])
+    assert needed // 4 not in requested[-1:]  # the last buffer numpy saw is not the refused one
+    assert sum(n * 4 for n in requested) <= 20_000
 
 
 HUGE = "[net]\nbatch=64\nwidth=100000\nheight=100000\nchannels=3\n[convolutional]\nfilters=64\nsize=3\n"
@@ -280,7 +293,7 @@ def test_huge_network_on_the_command_line(tmp_path, capsys):
     path.write_text(HUGE)
     rc, out, err = cli(capsys, "info", path)
     assert rc == 2
-    assert_one_line_error(err, f"{path}:6", "bytes")
+    assert_one_line_error(err, f"{path}:1", "the input buffer needs", "bytes")
 
 
 def test_workspace_counts_against_the_memory_limit():

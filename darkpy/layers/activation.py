@@ -10,7 +10,7 @@ import numpy as np
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family
 from darkpy.kernels.reference.activations import check_activation, get_activation
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -48,8 +48,8 @@ def make_activation_layer(batch, inputs, activation):
     l.inputs = inputs
     l.outputs = inputs
     l.batch = batch
-    l.output = np.zeros(batch * inputs, np.float32)
-    l.delta = np.zeros(batch * inputs, np.float32)
+    l.output = zeros(batch * inputs, np.float32)
+    l.delta = zeros(batch * inputs, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

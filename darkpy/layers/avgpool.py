@@ -4,7 +4,7 @@ import numpy as np
 
 from darkpy.errors import ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -30,8 +30,8 @@ def make_avgpool_layer(batch, w, h, c):
     l.outputs = l.out_c
     l.inputs = h * w * c
     output_size = l.outputs * batch
-    l.output = np.zeros(output_size, np.float32)
-    l.delta = np.zeros(output_size, np.float32)
+    l.output = zeros(output_size, np.float32)
+    l.delta = zeros(output_size, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

@@ -21,7 +21,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, ones, zeros
 
 
 def parse(section, params):
@@ -59,26 +59,26 @@ def make_batchnorm_layer(batch, w, h, c):
     l.w = l.out_w = w
     l.c = l.out_c = c
     size = h * w * c * batch
-    l.output = np.zeros(size, np.float32)
-    l.delta = np.zeros(size, np.float32)
+    l.output = zeros(size, np.float32)
+    l.delta = zeros(size, np.float32)
     l.inputs = w * h * c
     l.outputs = l.inputs
 
-    l.scales = np.ones(c, np.float32)
-    l.scale_updates = np.zeros(c, np.float32)
-    l.biases = np.zeros(c, np.float32)
-    l.bias_updates = np.zeros(c, np.float32)
+    l.scales = ones(c, np.float32)
+    l.scale_updates = zeros(c, np.float32)
+    l.biases = zeros(c, np.float32)
+    l.bias_updates = zeros(c, np.float32)
 
-    l.mean = np.zeros(c, np.float32)
-    l.variance = np.zeros(c, np.float32)
-    l.rolling_mean = np.zeros(c, np.float32)
-    l.rolling_variance = np.zeros(c, np.float32)
+    l.mean = zeros(c, np.float32)
+    l.variance = zeros(c, np.float32)
+    l.rolling_mean = zeros(c, np.float32)
+    l.rolling_variance = zeros(c, np.float32)
 
     # Missing from darknet's CPU allocation (see the docstring).
-    l.x = np.zeros(size, np.float32)
-    l.x_norm = np.zeros(size, np.float32)
-    l.mean_delta = np.zeros(c, np.float32)
-    l.variance_delta = np.zeros(c, np.float32)
+    l.x = zeros(size, np.float32)
+    l.x_norm = zeros(size, np.float32)
+    l.mean_delta = zeros(c, np.float32)
+    l.variance_delta = zeros(c, np.float32)
 
     l.forward = forward
     l.backward = backward

@@ -31,7 +31,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 f32 = np.float32
 
@@ -83,14 +83,14 @@ def make_caffe_batchnorm_layer(batch, w, h, c, use_global_stats=-1,
     l.c = l.out_c = c
     l.inputs = l.outputs = c * h * w
     size = batch * l.outputs
-    l.output = np.zeros(size, np.float32)
-    l.delta = np.zeros(size, np.float32)
-    l.x_norm = np.zeros(size, np.float32)
-    l.mean = np.zeros(c, np.float32)
-    l.variance = np.zeros(c, np.float32)
-    l.rolling_mean = np.zeros(c, np.float32)        # Caffe's blobs_[0]: running mean sum
-    l.rolling_variance = np.zeros(c, np.float32)    # blobs_[1]: running variance sum
-    l.scale_factor = np.zeros(1, np.float32)        # blobs_[2]: running weight sum
+    l.output = zeros(size, np.float32)
+    l.delta = zeros(size, np.float32)
+    l.x_norm = zeros(size, np.float32)
+    l.mean = zeros(c, np.float32)
+    l.variance = zeros(c, np.float32)
+    l.rolling_mean = zeros(c, np.float32)        # Caffe's blobs_[0]: running mean sum
+    l.rolling_variance = zeros(c, np.float32)    # blobs_[1]: running variance sum
+    l.scale_factor = zeros(1, np.float32)        # blobs_[2]: running weight sum
     l.use_global_stats = int(use_global_stats)
     l.moving_average_fraction = f32(moving_average_fraction)
     l.eps = eps

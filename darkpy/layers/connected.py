@@ -19,7 +19,7 @@ from darkpy.crand import STATE, rand_uniform_r
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family, kernel
 from darkpy.kernels.reference.activations import check_activation, get_activation
-from darkpy.layer import Layer
+from darkpy.layer import Layer, ones, zeros
 from darkpy.layers import batchnorm
 
 f32 = np.float32
@@ -80,12 +80,12 @@ def make_connected_layer(batch, inputs, outputs, activation, batch_normalize, ad
     l.out_w = 1
     l.out_c = outputs
 
-    l.output = np.zeros(batch * outputs, np.float32)
-    l.delta = np.zeros(batch * outputs, np.float32)
-    l.weight_updates = np.zeros(inputs * outputs, np.float32)
-    l.bias_updates = np.zeros(outputs, np.float32)
-    l.weights = np.zeros(outputs * inputs, np.float32)
-    l.biases = np.zeros(outputs, np.float32)
+    l.output = zeros(batch * outputs, np.float32)
+    l.delta = zeros(batch * outputs, np.float32)
+    l.weight_updates = zeros(inputs * outputs, np.float32)
+    l.bias_updates = zeros(outputs, np.float32)
+    l.weights = zeros(outputs * inputs, np.float32)
+    l.biases = zeros(outputs, np.float32)
     l.nweights = outputs * inputs
     l.nbiases = outputs
 
@@ -97,23 +97,23 @@ def make_connected_layer(batch, inputs, outputs, activation, batch_normalize, ad
     rand_uniform_fill(STATE, scale, l.weights)
 
     if adam:
-        l.m = np.zeros(inputs * outputs, np.float32)
-        l.v = np.zeros(inputs * outputs, np.float32)
-        l.bias_m = np.zeros(outputs, np.float32)
-        l.scale_m = np.zeros(outputs, np.float32)
-        l.bias_v = np.zeros(outputs, np.float32)
-        l.scale_v = np.zeros(outputs, np.float32)
+        l.m = zeros(inputs * outputs, np.float32)
+        l.v = zeros(inputs * outputs, np.float32)
+        l.bias_m = zeros(outputs, np.float32)
+        l.scale_m = zeros(outputs, np.float32)
+        l.bias_v = zeros(outputs, np.float32)
+        l.scale_v = zeros(outputs, np.float32)
     if l.batch_normalize:
-        l.scales = np.ones(outputs, np.float32)
-        l.scale_updates = np.zeros(outputs, np.float32)
-        l.mean = np.zeros(outputs, np.float32)
-        l.mean_delta = np.zeros(outputs, np.float32)
-        l.variance = np.zeros(outputs, np.float32)
-        l.variance_delta = np.zeros(outputs, np.float32)
-        l.rolling_mean = np.zeros(outputs, np.float32)
-        l.rolling_variance = np.zeros(outputs, np.float32)
-        l.x = np.zeros(batch * outputs, np.float32)
-        l.x_norm = np.zeros(batch * outputs, np.float32)
+        l.scales = ones(outputs, np.float32)
+        l.scale_updates = zeros(outputs, np.float32)
+        l.mean = zeros(outputs, np.float32)
+        l.mean_delta = zeros(outputs, np.float32)
+        l.variance = zeros(outputs, np.float32)
+        l.variance_delta = zeros(outputs, np.float32)
+        l.rolling_mean = zeros(outputs, np.float32)
+        l.rolling_variance = zeros(outputs, np.float32)
+        l.x = zeros(batch * outputs, np.float32)
+        l.x_norm = zeros(batch * outputs, np.float32)
     l.activation = activation
     return l
 

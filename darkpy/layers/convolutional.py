@@ -36,7 +36,7 @@ from darkpy.errors import CfgError, DarkpyError, DarkpyWarning, ShapeError
 from darkpy.kernels import family, kernel
 from darkpy.kernels.reference.activations import check_activation, get_activation
 from darkpy.kernels.reference.im2col import out_size
-from darkpy.layer import Layer
+from darkpy.layer import Layer, ones, zeros
 from darkpy.layers import batchnorm
 
 f32 = np.float32
@@ -192,10 +192,10 @@ def make_convolutional_layer(batch, h, w, c, n, groups, size, stride, padding, a
 
     l.nweights = c // groups * n * size * size
     l.nbiases = n
-    l.weights = np.zeros(l.nweights, np.float32)
-    l.weight_updates = np.zeros(l.nweights, np.float32)
-    l.biases = np.zeros(n, np.float32)
-    l.bias_updates = np.zeros(n, np.float32)
+    l.weights = zeros(l.nweights, np.float32)
+    l.weight_updates = zeros(l.nweights, np.float32)
+    l.biases = zeros(n, np.float32)
+    l.bias_updates = zeros(n, np.float32)
 
     scale = f32(math.sqrt(2. / (size * size * c // groups)))
     rand_normal_fill(STATE, _NORMAL_SPARE, scale, l.weights)
@@ -203,31 +203,31 @@ def make_convolutional_layer(batch, h, w, c, n, groups, size, stride, padding, a
     l.out_c = n
     l.outputs = l.out_h * l.out_w * l.out_c
     l.inputs = l.w * l.h * l.c
-    l.output = np.zeros(l.batch * l.outputs, np.float32)
-    l.delta = np.zeros(l.batch * l.outputs, np.float32)
+    l.output = zeros(l.batch * l.outputs, np.float32)
+    l.delta = zeros(l.batch * l.outputs, np.float32)
 
     l.forward = forward
     l.backward = backward
     l.update = update
 
     if l.batch_normalize:
-        l.scales = np.ones(n, np.float32)
-        l.scale_updates = np.zeros(n, np.float32)
-        l.mean = np.zeros(n, np.float32)
-        l.variance = np.zeros(n, np.float32)
-        l.mean_delta = np.zeros(n, np.float32)
-        l.variance_delta = np.zeros(n, np.float32)
-        l.rolling_mean = np.zeros(n, np.float32)
-        l.rolling_variance = np.zeros(n, np.float32)
-        l.x = np.zeros(l.batch * l.outputs, np.float32)
-        l.x_norm = np.zeros(l.batch * l.outputs, np.float32)
+        l.scales = ones(n, np.float32)
+        l.scale_updates = zeros(n, np.float32)
+        l.mean = zeros(n, np.float32)
+        l.variance = zeros(n, np.float32)
+        l.mean_delta = zeros(n, np.float32)
+        l.variance_delta = zeros(n, np.float32)
+        l.rolling_mean = zeros(n, np.float32)
+        l.rolling_variance = zeros(n, np.float32)
+        l.x = zeros(l.batch * l.outputs, np.float32)
+        l.x_norm = zeros(l.batch * l.outputs, np.float32)
     if adam:
-        l.m = np.zeros(l.nweights, np.float32)
-        l.v = np.zeros(l.nweights, np.float32)
-        l.bias_m = np.zeros(n, np.float32)
-        l.scale_m = np.zeros(n, np.float32)
-        l.bias_v = np.zeros(n, np.float32)
-        l.scale_v = np.zeros(n, np.float32)
+        l.m = zeros(l.nweights, np.float32)
+        l.v = zeros(l.nweights, np.float32)
+        l.bias_m = zeros(n, np.float32)
+        l.scale_m = zeros(n, np.float32)
+        l.bias_v = zeros(n, np.float32)
+        l.scale_v = zeros(n, np.float32)
 
     l.workspace_size = get_workspace_size(l)
     l.activation = activation

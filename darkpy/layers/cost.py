@@ -20,7 +20,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 # darknet's COST_TYPE enum (include/darknet.h), in its order
 SSE, MASKED, L1, SEG, SMOOTH, WGAN = range(6)
@@ -73,9 +73,9 @@ def make_cost_layer(batch, inputs, cost_type, scale):
     l.inputs = inputs
     l.outputs = inputs
     l.cost_type = cost_type
-    l.delta = np.zeros(inputs * batch, np.float32)
-    l.output = np.zeros(inputs * batch, np.float32)
-    l.cost = np.zeros(1, np.float32)
+    l.delta = zeros(inputs * batch, np.float32)
+    l.output = zeros(inputs * batch, np.float32)
+    l.cost = zeros(1, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

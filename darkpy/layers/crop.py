@@ -11,7 +11,7 @@ import numpy as np
 from darkpy import crand
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -58,7 +58,7 @@ def make_crop_layer(batch, h, w, c, crop_height, crop_width, flip, angle, satura
     l.out_c = c
     l.inputs = l.w * l.h * l.c
     l.outputs = l.out_w * l.out_h * l.out_c
-    l.output = np.zeros(l.outputs * batch, np.float32)
+    l.output = zeros(l.outputs * batch, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

@@ -34,7 +34,7 @@ import numpy as np
 from darkpy.box import box_iou, box_rmse, float_to_box
 from darkpy.errors import DarkpyError, ShapeError
 from darkpy.kernels import family, kernel
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 from darkpy.layers.yolo import squared_magnitude_cost
 
 _BOX_OUT_OF_BUFFER = 1
@@ -88,11 +88,11 @@ def make_detection_layer(batch, inputs, n, side, classes, coords, rescore):
     l.side = side
     l.w = side
     l.h = side
-    l.cost = np.zeros(1, np.float32)
+    l.cost = zeros(1, np.float32)
     l.outputs = l.inputs
     l.truths = l.side * l.side * (1 + l.coords + l.classes)
-    l.output = np.zeros(batch * l.outputs, np.float32)
-    l.delta = np.zeros(batch * l.outputs, np.float32)
+    l.output = zeros(batch * l.outputs, np.float32)
+    l.delta = zeros(batch * l.outputs, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None
@@ -241,7 +241,7 @@ def forward(l, net):
         raise DarkpyError("detection: random=1 picks the responsible box with C's rand() while "
                           "net.seen < 64000; darkpy cannot reproduce darknet's shared rand() stream")
     l.cost[0] = 0
-    stats = np.zeros(8, np.float32)
+    stats = zeros(8, np.float32)
     status = detection_training_deltas(
         l.output, l.delta, net.truth, l.batch, l.inputs, l.side, l.n, l.classes, l.coords,
         bool(l.sqrt), bool(l.forced), bool(l.rescore), np.float32(l.coord_scale),

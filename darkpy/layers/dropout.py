@@ -12,7 +12,7 @@ import numpy as np
 from darkpy import crand
 from darkpy.errors import CfgError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -43,7 +43,7 @@ def make_dropout_layer(batch, inputs, probability):
     l.inputs = inputs
     l.outputs = inputs
     l.batch = batch
-    l.rand = np.zeros(inputs * batch, np.float32)
+    l.rand = zeros(inputs * batch, np.float32)
     with np.errstate(divide="ignore"):
         l.scale = np.float32(np.float64(1.) / (np.float64(1.) - np.float64(l.probability)))
     l.forward = forward

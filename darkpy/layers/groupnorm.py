@@ -40,7 +40,7 @@ import numpy as np
 
 from darkpy.errors import ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, ones, zeros
 
 f32 = np.float32
 
@@ -90,19 +90,19 @@ def make_norm_layer(type, batch, w, h, c, groups, eps):
     l.learning_rate_scale = f32(1)  # the builder sets it from learning_rate= as darknet's parser does
     l.inputs = l.outputs = c * h * w
     size = batch * l.outputs
-    l.output = np.zeros(size, np.float32)
-    l.delta = np.zeros(size, np.float32)
-    l.x = np.zeros(size, np.float32)
-    l.x_norm = np.zeros(size, np.float32)
-    l.scales = np.ones(c, np.float32)
-    l.scale_updates = np.zeros(c, np.float32)
-    l.biases = np.zeros(c, np.float32)
-    l.bias_updates = np.zeros(c, np.float32)
+    l.output = zeros(size, np.float32)
+    l.delta = zeros(size, np.float32)
+    l.x = zeros(size, np.float32)
+    l.x_norm = zeros(size, np.float32)
+    l.scales = ones(c, np.float32)
+    l.scale_updates = zeros(c, np.float32)
+    l.biases = zeros(c, np.float32)
+    l.bias_updates = zeros(c, np.float32)
     l.nbiases = c
-    l.mean = np.zeros(batch * groups, np.float32)
-    l.variance = np.zeros(batch * groups, np.float32)
-    l.mean_delta = np.zeros(batch * groups, np.float32)
-    l.variance_delta = np.zeros(batch * groups, np.float32)
+    l.mean = zeros(batch * groups, np.float32)
+    l.variance = zeros(batch * groups, np.float32)
+    l.mean_delta = zeros(batch * groups, np.float32)
+    l.variance_delta = zeros(batch * groups, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = update

@@ -4,7 +4,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -46,9 +46,9 @@ def make_maxpool_layer(batch, h, w, c, size, stride, padding):
     l.size = size
     l.stride = stride
     output_size = l.out_h * l.out_w * l.out_c * batch
-    l.indexes = np.zeros(output_size, np.int32)
-    l.output = np.zeros(output_size, np.float32)
-    l.delta = np.zeros(output_size, np.float32)
+    l.indexes = zeros(output_size, np.int32)
+    l.output = zeros(output_size, np.float32)
+    l.delta = zeros(output_size, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

@@ -41,7 +41,7 @@ from darkpy.box import box_iou, float_to_box
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family, kernel
 from darkpy.kernels.reference.activations import LOGISTIC
-from darkpy.layer import Layer
+from darkpy.layer import Layer, full, zeros
 from darkpy.layers.yolo import (_CLASS_NOT_IN_MAP, _TRUTH_OUT_OF_BUFFER, _TRUTH_READ_PAST_END,
                                 _cell_fits, _class_of, get_yolo_box, read_map,
                                 squared_magnitude_cost, truth_error)
@@ -115,14 +115,14 @@ def make_region_layer(batch, w, h, n, classes, coords):
     l.c = l.out_c = n * (classes + coords + 1)
     l.classes = classes
     l.coords = coords
-    l.cost = np.zeros(1, np.float32)
-    l.biases = np.full(n * 2, .5, np.float32)
-    l.bias_updates = np.zeros(n * 2, np.float32)
+    l.cost = zeros(1, np.float32)
+    l.biases = full(n * 2, .5, np.float32)
+    l.bias_updates = zeros(n * 2, np.float32)
     l.outputs = h * w * n * (classes + coords + 1)
     l.inputs = l.outputs
     l.truths = MAX_TRUTH_BOXES * (coords + 1)
-    l.delta = np.zeros(batch * l.outputs, np.float32)
-    l.output = np.zeros(batch * l.outputs, np.float32)
+    l.delta = zeros(batch * l.outputs, np.float32)
+    l.output = zeros(batch * l.outputs, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None
@@ -342,9 +342,9 @@ def forward(l, net):
     if net.truth is None:
         raise DarkpyError("region: training needs net.truth (boxes x, y, w, h, class per image)")
     l.cost[0] = 0
-    stats = np.zeros(9, np.float32)
+    stats = zeros(9, np.float32)
     has_map = l.map is not None
-    cmap = l.map if has_map else np.zeros(1, np.int32)
+    cmap = l.map if has_map else zeros(1, np.int32)
     status = region_training_deltas(
         l.output, l.delta, net.truth, l.biases, cmap, has_map, l.batch, l.w, l.h, l.n, l.classes,
         l.coords, l.outputs, l.truths, int(net.seen), np.float32(l.thresh),

@@ -11,7 +11,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -70,8 +70,8 @@ def make_reorg_layer(batch, w, h, c, stride, reverse, flatten, extra):
                          f"a {c}x{h}x{w} input: channels must be a multiple of {stride * stride}"
                          + ("" if reverse else f" and width/height multiples of {stride}"))
     output_size = l.outputs * batch
-    l.output = np.zeros(output_size, np.float32)
-    l.delta = np.zeros(output_size, np.float32)
+    l.output = zeros(output_size, np.float32)
+    l.delta = zeros(output_size, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

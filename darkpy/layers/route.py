@@ -9,7 +9,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -61,8 +61,8 @@ def make_route_layer(batch, n, input_layers, input_sizes):
     outputs = int(l.input_sizes.sum())
     l.outputs = outputs
     l.inputs = outputs
-    l.delta = np.zeros(outputs * batch, np.float32)
-    l.output = np.zeros(outputs * batch, np.float32)
+    l.delta = zeros(outputs * batch, np.float32)
+    l.output = zeros(outputs * batch, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

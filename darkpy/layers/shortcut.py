@@ -11,7 +11,7 @@ import numpy as np
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family
 from darkpy.kernels.activations import get_activation
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -59,8 +59,8 @@ def make_shortcut_layer(batch, index, w, h, c, w2, h2, c2):
     l.outputs = w * h * c
     l.inputs = l.outputs
     l.index = index
-    l.delta = np.zeros(l.outputs * batch, np.float32)
-    l.output = np.zeros(l.outputs * batch, np.float32)
+    l.delta = zeros(l.outputs * batch, np.float32)
+    l.output = zeros(l.outputs * batch, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

@@ -21,7 +21,7 @@ import numpy as np
 
 from darkpy.errors import DarkpyError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -61,10 +61,10 @@ def make_softmax_layer(batch, inputs, groups):
     l.inputs = inputs
     l.outputs = inputs
     l.temperature = np.float32(0)  # darknet's zeroed struct; parse_softmax sets it (default 1)
-    l.loss = np.zeros(inputs * batch, np.float32)
-    l.output = np.zeros(inputs * batch, np.float32)
-    l.delta = np.zeros(inputs * batch, np.float32)
-    l.cost = np.zeros(1, np.float32)
+    l.loss = zeros(inputs * batch, np.float32)
+    l.output = zeros(inputs * batch, np.float32)
+    l.delta = zeros(inputs * batch, np.float32)
+    l.cost = zeros(1, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

@@ -9,7 +9,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, ShapeError
 from darkpy.kernels import family
-from darkpy.layer import Layer
+from darkpy.layer import Layer, zeros
 
 
 def parse(section, params):
@@ -53,8 +53,8 @@ def make_upsample_layer(batch, w, h, c, stride):
     l.stride = stride
     l.outputs = l.out_w * l.out_h * l.out_c
     l.inputs = l.w * l.h * l.c
-    l.delta = np.zeros(l.outputs * batch, np.float32)
-    l.output = np.zeros(l.outputs * batch, np.float32)
+    l.delta = zeros(l.outputs * batch, np.float32)
+    l.output = zeros(l.outputs * batch, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None

@@ -45,7 +45,7 @@ from darkpy.box import box_iou, float_to_box
 from darkpy.errors import CfgError, DarkpyError, ShapeError
 from darkpy.kernels import family, kernel
 from darkpy.kernels.reference.activations import LOGISTIC
-from darkpy.layer import Layer
+from darkpy.layer import Layer, full, zeros
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +132,17 @@ def make_yolo_layer(batch, w, h, n, total, mask, classes):
     l.w = l.out_w = w
     l.c = l.out_c = n * (classes + 4 + 1)
     l.classes = classes
-    l.cost = np.zeros(1, np.float32)
-    l.biases = np.full(total * 2, .5, np.float32)
+    l.cost = zeros(1, np.float32)
+    l.biases = full(total * 2, .5, np.float32)
     l.mask = (np.arange(n, dtype=np.int32) if mask is None
               else np.asarray(mask, np.int32))
-    l.bias_updates = np.zeros(n * 2, np.float32)
+    l.bias_updates = zeros(n * 2, np.float32)
     l.outputs = h * w * n * (classes + 4 + 1)
     l.inputs = l.outputs
     l.truths = MAX_TRUTH_BOXES * (4 + 1)
     l.max_boxes = MAX_TRUTH_BOXES
-    l.delta = np.zeros(batch * l.outputs, np.float32)
-    l.output = np.zeros(batch * l.outputs, np.float32)
+    l.delta = zeros(batch * l.outputs, np.float32)
+    l.output = zeros(batch * l.outputs, np.float32)
     l.forward = forward
     l.backward = backward
     l.update = None
@@ -426,9 +426,9 @@ def forward(l, net):
     if net.truth is None:
         raise DarkpyError("yolo: training needs net.truth (boxes x, y, w, h, class per image)")
     l.cost[0] = 0
-    stats = np.zeros(10, np.float32)
+    stats = zeros(10, np.float32)
     has_map = l.map is not None
-    cmap = l.map if has_map else np.zeros(1, np.int32)
+    cmap = l.map if has_map else zeros(1, np.int32)
     status = yolo_training_deltas(l.output, l.delta, net.truth, l.biases, l.mask, cmap, has_map,
                                   l.batch, l.w, l.h, l.n, l.total, l.classes, l.outputs, l.truths,
                                   l.max_boxes, net.w, net.h, np.float32(l.ignore_thresh),
