@@ -114,8 +114,10 @@ def test_golden_networks_bitwise(name):
 DARKNET_DUMPS = DATA / "darknet-dumps"
 
 
-def test_dropout_and_crop_replay_darknets_rand_stream():
-    res = check_case(DARKNET_DUMPS / "net-dropout-crop")
+@pytest.mark.parametrize("name", sorted(p.name for p in DARKNET_DUMPS.iterdir() if p.is_dir()))
+def test_darknet_dumps_of_our_cfgs_bitwise(name):
+    """crop+dropout (C's rand() replayed), region+reorg, detection+connected: darknet's own dumps."""
+    res = check_case(DARKNET_DUMPS / name)
     assert res.ok, "\n" + format_table(res.rows)
 
 
