@@ -99,6 +99,85 @@ def test_maxpool_fast_equals_reference(shape, values):
     assert bitwise_equal(results[0][2], results[1][2])
 
 
+def maxpool_both(batch, c, h, w, size, stride, pad, x):
+    """(output, indexes) of the reference and the fast forward_maxpool, from buffers pre-filled
+    with junk (every output must be written)."""
+    out_h = int(np.trunc((h + pad - size) / stride)) + 1
+    out_w = int(np.trunc((w + pad - size) / stride)) + 1
+    n_out = batch * c * out_h * out_w
+    results = []
+    for k in (ref, fast):
+        out = np.full(n_out, 7, np.float32)
+        idx = np.full(n_out, 7, np.int32)
+        k.forward_maxpool(batch, h, w, c, out_h, out_w, size, stride, pad, x, out, idx)
+        results.append((out, idx))
+    return results
+
+
+def nasty_values(rng, n):
+    """special_values plus denormals, +-FLT_MAX, a few large finite values and +0/-0 ties."""
+    x = special_values(rng, n)
+    pick = rng.random(n)
+    x[pick < .04] = np.float32(1e-45) * rng.integers(-3, 4, n)[pick < .04]   # denormals (and 0)
+    x[(pick >= .04) & (pick < .06)] = FLT_MAX
+    x[(pick >= .06) & (pick < .08)] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_maxpool_fast_equals_reference_random_shapes(seed):
+    """Random geometry (odd sizes, size 1..4, stride 1..3, pad -1..4, batch 1..3) and data full
+    of ties, infinities, NaN, signed zeros and denormals; some planes entirely -inf, NaN or
+    -FLT_MAX (index -1).  Widths up to 40 reach the eight-wide 2x2 paths and their tails."""
+    rng = rng_for("maxpool-random", seed)
+    size = int(rng.integers(1, 5)) if seed % 3 else 2          # a third of the cases are 2x2
+    stride = int(rng.integers(1, 4)) if seed % 3 else int(rng.integers(1, 3))
+    pad = int(rng.integers(-1, 5)) if seed % 4 else size - 1
+    batch, c = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    h = int(rng.integers(max(1, size - pad), 24))
+    w = int(rng.integers(max(1, size - pad), 41))
+    if (h + pad - size) // stride < 0 or (w + pad - size) // stride < 0:
+        pytest.skip("no output")  # rare draw; make_maxpool_layer refuses it
+    n = batch * c * h * w
+    x = nasty_values(rng, n) if seed % 2 else rng.standard_normal(n).astype(np.float32)
+    planes = x.reshape(batch * c, h * w)
+    fill = [-np.inf, np.nan, -FLT_MAX, -0.0]
+    for p in range(batch * c):
+        if rng.random() < .3:
+            planes[p] = fill[int(rng.integers(len(fill)))]
+    (o_ref, i_ref), (o_fast, i_fast) = maxpool_both(batch, c, h, w, size, stride, pad, x)
+    assert bitwise_equal(o_ref, o_fast)
+    assert np.array_equal(i_ref, i_fast)
+
+
+@pytest.mark.parametrize("size, stride, pad", [(2, 2, 0), (2, 2, 1), (2, 1, 1), (2, 1, 0), (2, 2, 2),
+                                               (2, 1, 3), (3, 2, 1), (3, 1, 2)])
+@pytest.mark.parametrize("w", [7, 8, 9, 16, 17, 18, 23, 33])
+def test_maxpool_fast_equals_reference_vector_widths(size, stride, pad, w):
+    """Every row width around the eight-output steps (one step, steps plus an overlapping last
+    step, too narrow for a step), with ties arranged so that lanes disagree on the winner."""
+    rng = rng_for("maxpool-widths", size, stride, pad, w)
+    batch, c, h = 2, 2, 5
+    if (w + pad - size) // stride < 0:
+        pytest.skip("no output")
+    x = rng.integers(-2, 3, batch * c * h * w).astype(np.float32)
+    x[rng.random(x.size) < .1] = np.nan
+    x[rng.random(x.size) < .1] = -0.0
+    (o_ref, i_ref), (o_fast, i_fast) = maxpool_both(batch, c, h, w, size, stride, pad, x)
+    assert bitwise_equal(o_ref, o_fast)
+    assert np.array_equal(i_ref, i_fast)
+
+
+def test_maxpool_all_losing_values_give_index_minus_one():
+    """A 2x2/stride-2 plane (the vector path) of values that never beat -FLT_MAX: -inf, NaN and
+    -FLT_MAX itself give -FLT_MAX and index -1, in both implementations."""
+    w = 32
+    x = np.tile(np.array([-np.inf, np.nan, -FLT_MAX, -np.inf], np.float32), 2 * w // 4)
+    for (out, idx) in maxpool_both(1, 1, 2, w, 2, 2, 0, x):
+        assert bitwise_equal(out, np.full(w // 2, -FLT_MAX, np.float32))
+        assert (idx == -1).all()
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 4, 13, 13), (1, 2, 1, 7)])
 @pytest.mark.parametrize("values", ["normal", "special"])
 def test_avgpool_fast_equals_reference(shape, values):
