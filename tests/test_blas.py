@@ -16,15 +16,24 @@ SPECIALS = np.array([np.inf, -np.inf, np.nan, -0.0, 1e-45, -3e-39, 1e-40, 3.4e38
 
 # (batch, out_c, spatial): channel counts that fill the lanes and leave remainders,
 # single pixels, a single sample (n - 1 == 0 divides by zero); planes below
-# fast.SMALL_SPATIAL take the memory-order path, the others the channel lanes.
+# fast.SMALL_SPATIAL take the memory-order path, the others the channel vectors
+# (groups of 2*VECTOR or a lone VECTOR channels, with or without a tail of pixels
+# after the last 8 x 8 block) and the scalar lanes for the channels left over.
 SHAPES = [(2, 8, 7), (3, 5, 4), (1, 3, 1), (1, 1, 1), (4, 9, 13), (2, 4, 1), (1, 6, 33),
-          (2, 7, 20), (3, 4, 16), (1, 1, 17), (2, 70, 1)]
+          (2, 7, 20), (3, 4, 16), (1, 1, 17), (2, 70, 1), (2, 8, 16), (3, 17, 21), (1, 16, 24),
+          (2, 27, 19), (9, 13, 18), (1, 43, 40)]
 
 
 def test_shapes_cover_both_paths():
     assert any(s < fast.SMALL_SPATIAL for _, _, s in SHAPES)
     assert any(s >= fast.SMALL_SPATIAL and c % fast.LANES for _, c, s in SHAPES)
     assert any(c > fast.SMALL_BLOCK for _, c, _ in SHAPES)
+    big = [(c, s) for _, c, s in SHAPES if s >= fast.SMALL_SPATIAL]
+    vector = fast.VECTOR
+    assert any(c % (2 * vector) >= vector for c, _ in big)           # a lone vector of channels
+    assert any(c >= 2 * vector and c % vector % fast.LANES for c, _ in big)  # vectors, then scalar lanes
+    assert any(c >= vector and s % 8 for c, s in big)                # a tail of pixels
+    assert any(c >= vector and s % 8 == 0 for c, s in big)
 
 
 def overridden():
@@ -165,12 +174,13 @@ def test_batchnorm_forward_in_place_bitwise():
 
 def test_batchnorm_kernels_bitwise_random_shapes():
     rng = np.random.default_rng(11)
-    for _ in range(12):
-        batch, c, spatial = int(rng.integers(1, 5)), int(rng.integers(1, 12)), int(rng.integers(1, 40))
+    for _ in range(16):
+        batch, c, spatial = int(rng.integers(1, 10)), int(rng.integers(1, 41)), int(rng.integers(1, 60))
         s = bn_state(rng, batch, c, spatial, bool(rng.integers(0, 2)))
-        r = run_bn(ref, s, batch, c, spatial)
-        f = run_bn(fast, s, batch, c, spatial)
-        assert all(same(r[k], f[k]) for k in r), (batch, c, spatial)
+        train = bool(rng.integers(0, 2))
+        r = run_bn(ref, s, batch, c, spatial, train)
+        f = run_bn(fast, s, batch, c, spatial, train)
+        assert all(same(r[k], f[k]) for k in r), (batch, c, spatial, train)
 
 
 # ----------------------------------------------------------------------------- the reference itself
@@ -371,7 +381,7 @@ def test_batchnorm_kernels_bitwise_nan_storm(seed):
     same (gcc's) operand order, so even NaN signs and payloads agree."""
     rng = np.random.default_rng(100 + seed)
     # small planes take the memory-order path, larger ones the channel-lane path
-    batch, c, spatial = int(rng.integers(1, 4)), int(rng.integers(1, 12)), int(rng.integers(1, 10)) + 24 * (seed % 2)
+    batch, c, spatial = int(rng.integers(1, 4)), int(rng.integers(1, 20)), int(rng.integers(1, 10)) + 24 * (seed % 2)
     s = nan_storm(rng, bn_state(rng, batch, c, spatial, True))
     for train in (True, False):
         r = run_bn(ref, s, batch, c, spatial, train)
@@ -489,3 +499,25 @@ def test_reference_blas_matches_darknet_library():
                                    ([np.float32([value])] if name == "dot_cpu" else []))
                 for ours in results[1:]:
                     assert all(same(d, o) for d, o in zip(results[0], ours)), (name, seed, frac)
+
+
+def _asm(fn, *args):
+    """x86 assembly of a fresh (uncached) compilation of ``fn``, its callees inlined."""
+    from numba import njit
+    fresh = njit(error_model="numpy")(fn.py_func)
+    fresh(*args)
+    return fresh.inspect_asm(fresh.signatures[0])
+
+
+def test_no_fused_multiply_add_in_the_vector_kernels():
+    """The CPU has FMA: LLVM must not have contracted a multiply and an add of the chains."""
+    batch, c, spatial = 2, 16, 20
+    n = batch * c * spatial
+    a, m, v = np.ones(n, np.float32), np.zeros(c, np.float32), np.zeros(c, np.float32)
+    asm = _asm(fast._mean_variance_vectors, a, batch, c, spatial, 0, 8, m, v)
+    assert "vcvtps2pd" in asm and "vcvtpd2ps" in asm and "vmulpd" in asm  # the vector variance chain
+    assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
+    sums, planes = np.zeros(3 * fast.VECTOR, np.float32), np.zeros(batch * fast.VECTOR, np.float32)
+    asm = _asm(fast._backward_sums_vector, a, a, a, m, v, batch, c, spatial, 0, sums, planes)
+    assert "vmulps" in asm and "vaddps" in asm and "vsubps" in asm
+    assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm

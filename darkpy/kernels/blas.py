@@ -36,11 +36,18 @@ import numpy as np
 from numba import prange
 
 from darkpy.kernels import kernel, pkernel
+from darkpy.kernels.gemm import vadd, vbroadcast, vmul, vstore
 from darkpy.kernels.reference.blas import *  # noqa: F401,F403
 from darkpy.kernels.reference.blas import EPS_BACKWARD, EPS_FORWARD, first_nan
+from darkpy.kernels.simd import vgather, vload_columns, vsub, vvariance_step, vzero
 
-#: Channels whose sums run side by side in one loop (see the module docstring):
-#: four for the forward statistics, two for the backward sums (four chains each).
+#: Channels of one vector group: the 8 lanes of a float32x8 are 8 channels, each lane
+#: running its channel's chain (see the module docstring).  A group is also the unit
+#: of parallel work of the fused batchnorm kernels.
+VECTOR = 8
+#: Channels whose sums run side by side in one scalar loop, for the channels left
+#: after the full vector groups: four for the forward statistics, two for the
+#: backward sums (four chains each).
 LANES = 4
 BACKWARD_LANES = 2
 
@@ -135,6 +142,96 @@ def scale_bias(output, scales, batch, n, size):
 
 
 # ---------------------------------------------------------------- batchnorm statistics
+
+@kernel
+def _mean_variance_vectors(input, batch, out_c, spatial, fa, fb, mean, variance):
+    """``mean_cpu`` then ``variance_cpu`` for the 8 channels fa..fa+7 and the 8 channels
+    fb..fb+7, one channel per vector lane (fb == fa computes the same 8 twice).
+
+    Each 8 x 8 block (8 channels x 8 consecutive pixels) is transposed in registers,
+    so that a chain step is one vector operation whose lane r is channel r's scalar
+    step: the float mean sum over b then k, times the float ``1./n``; the variance
+    term ``(double)(x - mean)`` squared in double, added to the running float widened
+    to double and rounded back to float (``vvariance_step``), times the float
+    ``1./(n-1)``.  The pixels after the last full block are gathered one at a time.
+    The two vectors' chains run side by side: a variance step waits ~15 cycles for
+    the previous one (widen, add, narrow), so one chain alone leaves the core idle.
+    Unguarded like ``_mean_variance_lanes``: the caller redoes a NaN mean's channel.
+    """
+    spatial8 = spatial - spatial % 8
+    a = vzero()
+    c = vzero()
+    for b in range(batch):
+        pa = (b * out_c + fa) * spatial
+        pb = (b * out_c + fb) * spatial
+        for k in range(0, spatial8, 8):
+            a0, a1, a2, a3, a4, a5, a6, a7 = vload_columns(input, pa + k, spatial)
+            a = vadd(a, a0)
+            a = vadd(a, a1)
+            a = vadd(a, a2)
+            a = vadd(a, a3)
+            a = vadd(a, a4)
+            a = vadd(a, a5)
+            a = vadd(a, a6)
+            a = vadd(a, a7)
+            c0, c1, c2, c3, c4, c5, c6, c7 = vload_columns(input, pb + k, spatial)
+            c = vadd(c, c0)
+            c = vadd(c, c1)
+            c = vadd(c, c2)
+            c = vadd(c, c3)
+            c = vadd(c, c4)
+            c = vadd(c, c5)
+            c = vadd(c, c6)
+            c = vadd(c, c7)
+        for k in range(spatial8, spatial):
+            a = vadd(a, vgather(input, pa + k, spatial))
+            c = vadd(c, vgather(input, pb + k, spatial))
+    scale = vbroadcast(np.float32(1. / (batch * spatial)))
+    ma = vmul(a, scale)
+    mb = vmul(c, scale)
+
+    va = vzero()
+    vb = vzero()
+    for b in range(batch):
+        pa = (b * out_c + fa) * spatial
+        pb = (b * out_c + fb) * spatial
+        for k in range(0, spatial8, 8):
+            a0, a1, a2, a3, a4, a5, a6, a7 = vload_columns(input, pa + k, spatial)
+            c0, c1, c2, c3, c4, c5, c6, c7 = vload_columns(input, pb + k, spatial)
+            va = vvariance_step(va, a0, ma)
+            vb = vvariance_step(vb, c0, mb)
+            va = vvariance_step(va, a1, ma)
+            vb = vvariance_step(vb, c1, mb)
+            va = vvariance_step(va, a2, ma)
+            vb = vvariance_step(vb, c2, mb)
+            va = vvariance_step(va, a3, ma)
+            vb = vvariance_step(vb, c3, mb)
+            va = vvariance_step(va, a4, ma)
+            vb = vvariance_step(vb, c4, mb)
+            va = vvariance_step(va, a5, ma)
+            vb = vvariance_step(vb, c5, mb)
+            va = vvariance_step(va, a6, ma)
+            vb = vvariance_step(vb, c6, mb)
+            va = vvariance_step(va, a7, ma)
+            vb = vvariance_step(vb, c7, mb)
+        for k in range(spatial8, spatial):
+            va = vvariance_step(va, vgather(input, pa + k, spatial), ma)
+            vb = vvariance_step(vb, vgather(input, pb + k, spatial), mb)
+    scale = vbroadcast(np.float32(1. / (batch * spatial - 1)))
+    va = vmul(va, scale)
+    vb = vmul(vb, scale)
+
+    lanes = np.empty(4 * VECTOR, np.float32)
+    vstore(lanes, 0, ma)
+    vstore(lanes, VECTOR, va)
+    vstore(lanes, 2 * VECTOR, mb)
+    vstore(lanes, 3 * VECTOR, vb)
+    for j in range(VECTOR):
+        mean[fa + j] = lanes[j]
+        variance[fa + j] = lanes[VECTOR + j]
+        mean[fb + j] = lanes[2 * VECTOR + j]
+        variance[fb + j] = lanes[3 * VECTOR + j]
+
 
 @kernel
 def _mean_variance_lanes(input, batch, out_c, spatial, f0, mean, variance):
@@ -345,9 +442,11 @@ def batchnorm_forward_train(input, output, x, x_norm, mean, variance, rolling_me
                             scales, biases, batch, out_c, spatial):
     """Fused twin of the reference ``batchnorm_forward_train`` (forward_batchnorm_layer, train).
 
-    Per group of LANES channels (in parallel): mean and variance with the chains side
-    by side (a channel whose mean is NaN is redone on the guarded path), the rolling
-    updates (float .99 and .01), then one pass writing x, x_norm and output.
+    Per group of 2*VECTOR channels (in parallel): mean and variance with one channel per
+    vector lane, two vectors side by side (the channels after the last full vector:
+    LANES scalar chains side by side, then one at a time; a channel whose mean is NaN
+    is redone on the guarded path), the rolling updates (float .99 and .01), then one
+    pass per channel writing x, x_norm and output.
     ``input`` may be ``output`` itself (a convolutional layer).
     """
     if spatial < SMALL_SPATIAL:
@@ -356,19 +455,25 @@ def batchnorm_forward_train(input, output, x, x_norm, mean, variance, rolling_me
                                  scales, biases, batch, out_c, spatial, block * SMALL_BLOCK,
                                  min(out_c, (block + 1) * SMALL_BLOCK), True)
         return
-    groups = (out_c + LANES - 1) // LANES
+    groups = (out_c + 2 * VECTOR - 1) // (2 * VECTOR)
     for g in prange(groups):
-        f0 = g * LANES
-        f1 = min(f0 + LANES, out_c)
-        if f1 - f0 == LANES:
-            _mean_variance_lanes(input, batch, out_c, spatial, f0, mean, variance)
-            for f in range(f0, f1):
-                if mean[f] != mean[f]:
-                    _mean_variance_one(input, batch, out_c, spatial, f, mean, variance)
-        else:
-            for f in range(f0, f1):
-                _mean_variance_one(input, batch, out_c, spatial, f, mean, variance)
+        f0 = g * 2 * VECTOR
+        f1 = min(f0 + 2 * VECTOR, out_c)
+        f = f0
+        if f1 - f0 >= VECTOR:
+            # two vectors of channels; a lone vector of 8 runs as both
+            second = f0 + VECTOR if f1 - f0 == 2 * VECTOR else f0
+            _mean_variance_vectors(input, batch, out_c, spatial, f0, second, mean, variance)
+            f = second + VECTOR
+        while f + LANES <= f1:
+            _mean_variance_lanes(input, batch, out_c, spatial, f, mean, variance)
+            f += LANES
+        while f < f1:
+            _mean_variance_one(input, batch, out_c, spatial, f, mean, variance)
+            f += 1
         for f in range(f0, f1):
+            if mean[f] != mean[f]:  # a NaN met the unguarded chains: gcc's operand order
+                _mean_variance_one(input, batch, out_c, spatial, f, mean, variance)
             rolling_mean[f] = _rolling_update(rolling_mean[f], mean[f])
             rolling_variance[f] = _rolling_update(rolling_variance[f], variance[f])
             den = math.sqrt(np.float64(variance[f])) + np.float64(EPS_FORWARD)
@@ -395,16 +500,69 @@ def batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, sc
 # ---------------------------------------------------------------- batchnorm backward
 
 @kernel
+def _backward_sums_vector(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums):
+    """The four backward sums of the VECTOR (8) channels f0..f0+7, one channel per lane.
+
+    8 x 8 blocks of delta, x_norm and x are transposed in registers; lane r of each
+    vector operation is channel f0+r's scalar step (as ``_backward_sums_lanes``): the
+    plane's float sum of delta, the float sum of delta*x_norm, d = delta*scale and its
+    float sum, and the float sum of (x - mean)*d.  Sum t of lane j goes to
+    ``sums[t*VECTOR + j]`` (t = 0: scale, 1: mean, 2: variance), image b's plane sum to
+    ``plane_sums[b*VECTOR + j]``.  Unguarded: a channel with a NaN sum is redone by
+    ``_backward_sums_one``.
+    """
+    s = vgather(scales, f0, 1)
+    m = vgather(mean, f0, 1)
+    q = vzero()
+    e = vzero()
+    w = vzero()
+    spatial8 = spatial - spatial % 8
+    for b in range(batch):
+        p = (b * out_c + f0) * spatial
+        bias = vzero()
+        for k in range(0, spatial8, 8):
+            d0, d1, d2, d3, d4, d5, d6, d7 = vload_columns(delta, p + k, spatial)
+            n0, n1, n2, n3, n4, n5, n6, n7 = vload_columns(x_norm, p + k, spatial)
+            x0, x1, x2, x3, x4, x5, x6, x7 = vload_columns(x, p + k, spatial)
+            bias, q, e, w = _backward_step(bias, q, e, w, d0, n0, x0, s, m)
+            bias, q, e, w = _backward_step(bias, q, e, w, d1, n1, x1, s, m)
+            bias, q, e, w = _backward_step(bias, q, e, w, d2, n2, x2, s, m)
+            bias, q, e, w = _backward_step(bias, q, e, w, d3, n3, x3, s, m)
+            bias, q, e, w = _backward_step(bias, q, e, w, d4, n4, x4, s, m)
+            bias, q, e, w = _backward_step(bias, q, e, w, d5, n5, x5, s, m)
+            bias, q, e, w = _backward_step(bias, q, e, w, d6, n6, x6, s, m)
+            bias, q, e, w = _backward_step(bias, q, e, w, d7, n7, x7, s, m)
+        for k in range(spatial8, spatial):
+            bias, q, e, w = _backward_step(bias, q, e, w, vgather(delta, p + k, spatial),
+                                           vgather(x_norm, p + k, spatial), vgather(x, p + k, spatial), s, m)
+        vstore(plane_sums, b * VECTOR, bias)
+    vstore(sums, 0, q)
+    vstore(sums, VECTOR, e)
+    vstore(sums, 2 * VECTOR, w)
+
+
+@kernel(inline="always")
+def _backward_step(bias, q, e, w, d, n, xv, s, m):
+    """One pixel of the four backward chains, 8 channels wide (``_backward_sums_vector``)."""
+    bias = vadd(bias, d)
+    q = vadd(q, vmul(d, n))
+    d = vmul(d, s)
+    e = vadd(e, d)
+    w = vadd(w, vmul(vsub(xv, m), d))
+    return bias, q, e, w
+
+
+@kernel
 def _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums):
     """The four backward sums of BACKWARD_LANES (two) channels f0, f0+1, chains side by side.
 
     Per channel, exactly as the reference: each plane's float sum of delta
-    (backward_bias; into ``plane_sums[b*BACKWARD_LANES + j]``, added to bias_updates by
+    (backward_bias; into ``plane_sums[b*VECTOR + j]``, added to bias_updates by
     the caller); a float sum of delta*x_norm (backward_scale_cpu); after scale_bias,
     d = delta*scale (float) summed in float (mean_delta_cpu) and (x - mean)*d summed
     in float (variance_delta_cpu).  Writes the (scale, mean, variance) sums of lane j
-    into sums[3*j:3*j+3].  Unguarded: a channel with a NaN sum is redone by
-    ``_backward_sums_one``.
+    into sums[j], sums[VECTOR + j], sums[2*VECTOR + j].  Unguarded: a channel with a
+    NaN sum is redone by ``_backward_sums_one``.
     """
     s0 = scales[f0]
     s1 = scales[f0 + 1]
@@ -439,20 +597,21 @@ def _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, 
             e1 += v1
             w0 += (x0[k] - m0) * v0
             w1 += (x1[k] - m1) * v1
-        plane_sums[b * BACKWARD_LANES] = b0
-        plane_sums[b * BACKWARD_LANES + 1] = b1
+        plane_sums[b * VECTOR] = b0
+        plane_sums[b * VECTOR + 1] = b1
     sums[0] = q0
-    sums[1] = e0
-    sums[2] = w0
-    sums[3] = q1
-    sums[4] = e1
-    sums[5] = w1
+    sums[VECTOR] = e0
+    sums[2 * VECTOR] = w0
+    sums[1] = q1
+    sums[VECTOR + 1] = e1
+    sums[2 * VECTOR + 1] = w1
 
 
 @kernel
 def _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f, sums, plane_sums):
-    """The four sums of channel f alone (lane 0 of ``sums``, stride BACKWARD_LANES in ``plane_sums``),
-    in the reference's (gcc's) operand order for NaNs: the guarded path."""
+    """The four sums of channel f alone (lane 0 of ``sums`` and ``plane_sums``, same layout as
+    ``_backward_sums_vector``), in the reference's (gcc's) operand order for NaNs: the
+    guarded path."""
     s = scales[f]
     m = mean[f]
     q = np.float32(0)
@@ -474,10 +633,10 @@ def _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
             dx = xs[k] - m
             product = first_nan(dx, dx * v)
             w = first_nan(w, w + product)
-        plane_sums[b * BACKWARD_LANES] = bsum
+        plane_sums[b * VECTOR] = bsum
     sums[0] = q
-    sums[1] = e
-    sums[2] = w
+    sums[VECTOR] = e
+    sums[2 * VECTOR] = w
 
 
 @kernel
@@ -580,7 +739,8 @@ def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, s
                        mean_delta, variance_delta, batch, out_c, spatial):
     """Fused twin of the reference ``batchnorm_backward`` (backward_batchnorm_layer's calls).
 
-    Per group of BACKWARD_LANES channels (in parallel): one pass for the four sums, the
+    Per group of VECTOR channels (in parallel): one pass for the four sums (one channel
+    per vector lane; a last, partial group in pairs of scalar chains, then alone), the
     per-channel finishing steps of backward_bias, backward_scale_cpu, mean_delta_cpu
     and variance_delta_cpu (double factors, as the reference), then one pass writing
     delta.  A channel with a NaN sum or a NaN per-channel value is redone on the
@@ -592,42 +752,48 @@ def batchnorm_backward(delta, x, x_norm, mean, variance, scales, bias_updates, s
                                   mean_delta, variance_delta, batch, out_c, spatial, block * SMALL_BLOCK,
                                   min(out_c, (block + 1) * SMALL_BLOCK))
         return
-    groups = (out_c + BACKWARD_LANES - 1) // BACKWARD_LANES
+    groups = (out_c + VECTOR - 1) // VECTOR
     n32 = np.float32(spatial * batch)
     exponent = np.float64(np.float32(-3. / 2.))
-    all_sums = np.empty(groups * 3 * BACKWARD_LANES, np.float32)
-    all_plane_sums = np.empty(groups * batch * BACKWARD_LANES, np.float32)
+    all_sums = np.empty(groups * 3 * VECTOR, np.float32)
+    all_plane_sums = np.empty(groups * batch * VECTOR, np.float32)
     for g in prange(groups):
-        f0 = g * BACKWARD_LANES
-        f1 = min(f0 + BACKWARD_LANES, out_c)
-        sums = all_sums[g * 3 * BACKWARD_LANES:(g + 1) * 3 * BACKWARD_LANES]
-        plane_sums = all_plane_sums[g * batch * BACKWARD_LANES:(g + 1) * batch * BACKWARD_LANES]
-        lanes = f1 - f0 == BACKWARD_LANES
-        if lanes:
-            _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums)
+        f0 = g * VECTOR
+        f1 = min(f0 + VECTOR, out_c)
+        sums = all_sums[g * 3 * VECTOR:(g + 1) * 3 * VECTOR]
+        plane_sums = all_plane_sums[g * batch * VECTOR:(g + 1) * batch * VECTOR]
+        # channels f0..unguarded-1 run on unguarded chains, the rest on the guarded path
+        if f1 - f0 == VECTOR:
+            _backward_sums_vector(delta, x, x_norm, mean, scales, batch, out_c, spatial, f0, sums, plane_sums)
+            unguarded = f1
+        else:
+            unguarded = f0 + (f1 - f0) // BACKWARD_LANES * BACKWARD_LANES
+            for f in range(f0, unguarded, BACKWARD_LANES):
+                _backward_sums_lanes(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
+                                     sums[f - f0:], plane_sums[f - f0:])
+            for f in range(unguarded, f1):
+                _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
+                                   sums[f - f0:], plane_sums[f - f0:])
         for f in range(f0, f1):
             j = f - f0
-            if not lanes:
-                _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
-                                   sums[3 * j:], plane_sums[j:])
             nan = (scales[f] != scales[f] or mean[f] != mean[f] or variance[f] != variance[f]
                    or bias_updates[f] != bias_updates[f] or scale_updates[f] != scale_updates[f])
             for t in range(3):
-                nan = nan or sums[3 * j + t] != sums[3 * j + t]
+                nan = nan or sums[t * VECTOR + j] != sums[t * VECTOR + j]
             for b in range(batch):
-                nan = nan or plane_sums[b * BACKWARD_LANES + j] != plane_sums[b * BACKWARD_LANES + j]
-            if nan and lanes:
+                nan = nan or plane_sums[b * VECTOR + j] != plane_sums[b * VECTOR + j]
+            if nan and f < unguarded:
                 _backward_sums_one(delta, x, x_norm, mean, scales, batch, out_c, spatial, f,
-                                   sums[3 * j:], plane_sums[j:])
+                                   sums[j:], plane_sums[j:])
             for b in range(batch):
-                plane = plane_sums[b * BACKWARD_LANES + j]
+                plane = plane_sums[b * VECTOR + j]
                 bias_updates[f] = first_nan(plane, plane + bias_updates[f])
-            q = sums[3 * j]
+            q = sums[j]
             scale_updates[f] = first_nan(q, q + scale_updates[f])
             v = np.float64(variance[f] + EPS_BACKWARD)
-            wide = np.float64(sums[3 * j + 1])
+            wide = np.float64(sums[VECTOR + j])
             mean_delta[f] = np.float32(first_nan(wide, wide * (-1. / math.sqrt(v))))
-            wide = np.float64(sums[3 * j + 2])
+            wide = np.float64(sums[2 * VECTOR + j])
             variance_delta[f] = np.float32(first_nan(wide, wide * (math.pow(v, exponent) * -.5)))
             md_n = np.float64(mean_delta[f] / n32)
             guard = nan or md_n != md_n or variance_delta[f] != variance_delta[f]
