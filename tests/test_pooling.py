@@ -99,17 +99,18 @@ def test_maxpool_fast_equals_reference(shape, values):
     assert bitwise_equal(results[0][2], results[1][2])
 
 
-def maxpool_both(batch, c, h, w, size, stride, pad, x):
-    """(output, indexes) of the reference and the fast forward_maxpool, from buffers pre-filled
-    with junk (every output must be written)."""
+def maxpool_all(batch, c, h, w, size, stride, pad, x):
+    """(output, indexes) of the reference, the fast forward_maxpool (serial below its size
+    threshold) and the fast parallel kernel, from buffers pre-filled with junk (every output
+    must be written)."""
     out_h = int(np.trunc((h + pad - size) / stride)) + 1
     out_w = int(np.trunc((w + pad - size) / stride)) + 1
     n_out = batch * c * out_h * out_w
     results = []
-    for k in (ref, fast):
+    for f in (ref.forward_maxpool, fast.forward_maxpool, fast._maxpool_parallel):
         out = np.full(n_out, 7, np.float32)
         idx = np.full(n_out, 7, np.int32)
-        k.forward_maxpool(batch, h, w, c, out_h, out_w, size, stride, pad, x, out, idx)
+        f(batch, h, w, c, out_h, out_w, size, stride, pad, x, out, idx)
         results.append((out, idx))
     return results
 
@@ -145,9 +146,10 @@ def test_maxpool_fast_equals_reference_random_shapes(seed):
     for p in range(batch * c):
         if rng.random() < .3:
             planes[p] = fill[int(rng.integers(len(fill)))]
-    (o_ref, i_ref), (o_fast, i_fast) = maxpool_both(batch, c, h, w, size, stride, pad, x)
-    assert bitwise_equal(o_ref, o_fast)
-    assert np.array_equal(i_ref, i_fast)
+    (o_ref, i_ref), *fast_results = maxpool_all(batch, c, h, w, size, stride, pad, x)
+    for o_fast, i_fast in fast_results:
+        assert bitwise_equal(o_ref, o_fast)
+        assert np.array_equal(i_ref, i_fast)
 
 
 @pytest.mark.parametrize("size, stride, pad", [(2, 2, 0), (2, 2, 1), (2, 1, 1), (2, 1, 0), (2, 2, 2),
@@ -163,9 +165,10 @@ def test_maxpool_fast_equals_reference_vector_widths(size, stride, pad, w):
     x = rng.integers(-2, 3, batch * c * h * w).astype(np.float32)
     x[rng.random(x.size) < .1] = np.nan
     x[rng.random(x.size) < .1] = -0.0
-    (o_ref, i_ref), (o_fast, i_fast) = maxpool_both(batch, c, h, w, size, stride, pad, x)
-    assert bitwise_equal(o_ref, o_fast)
-    assert np.array_equal(i_ref, i_fast)
+    (o_ref, i_ref), *fast_results = maxpool_all(batch, c, h, w, size, stride, pad, x)
+    for o_fast, i_fast in fast_results:
+        assert bitwise_equal(o_ref, o_fast)
+        assert np.array_equal(i_ref, i_fast)
 
 
 def test_maxpool_all_losing_values_give_index_minus_one():
@@ -173,7 +176,7 @@ def test_maxpool_all_losing_values_give_index_minus_one():
     -FLT_MAX itself give -FLT_MAX and index -1, in both implementations."""
     w = 32
     x = np.tile(np.array([-np.inf, np.nan, -FLT_MAX, -np.inf], np.float32), 2 * w // 4)
-    for (out, idx) in maxpool_both(1, 1, 2, w, 2, 2, 0, x):
+    for (out, idx) in maxpool_all(1, 1, 2, w, 2, 2, 0, x):
         assert bitwise_equal(out, np.full(w // 2, -FLT_MAX, np.float32))
         assert (idx == -1).all()
 

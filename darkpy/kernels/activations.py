@@ -7,6 +7,14 @@ darknet's ``activations.h`` with its C promotions); what changes is the loop:
 * darknet switches on the activation for every element; here the switch is
   taken once and each activation has its own tight loop, which LLVM inlines
   and vectorises (the branches become selects, which changes no value);
+* the loops index with unsigned integers (``U``): Numba's negative-index
+  wraparound test is then gone and LLVM can vectorise the per-element formula
+  (lane-wise, each lane the scalar's operations in the scalar's order);
+* ``leaky`` and ``relie`` (``x > 0 ? x : k*x`` with a double ``k``) are written
+  as explicit ``<8 x float>`` steps (``_scale_nonpositive8``): left to itself
+  LLVM stores only the changed lanes with ``vmaskmovps``, which is slow on AMD
+  (~4x here); the vector is widened to double, multiplied, rounded back,
+  blended and stored whole;
 * elements are independent, so long arrays are split into chunks run in
   parallel (``prange``); each element still gets exactly one evaluation of the
   same formula, so the bits cannot depend on the split.
@@ -16,7 +24,9 @@ The enum values, ``get_activation``, ``get_activation_string``, ``activate`` and
 """
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.activations import (  # noqa: F401  (re-exported API)
@@ -42,52 +52,105 @@ def _parallel(n, a):
 CHUNK = 1 << 13
 
 
+#: Loop indices are unsigned (no negative-index wraparound test in the loop body).
+U = np.uint64
+#: Lanes of one vector step.
+LANES = 8
+_F8 = ir.VectorType(ir.FloatType(), LANES)
+_D8 = ir.VectorType(ir.DoubleType(), LANES)
+
+
+@intrinsic
+def _scale_nonpositive8(typingctx, x, i, k):
+    """``x[i:i+8]``, lane-wise, becomes ``x > 0 ? x : (float)(k * (double)x)`` (``k`` a float64).
+
+    That is ``leaky_activate`` (k = .1) and ``relie_activate`` (k = .01): C's ternary
+    has type double, so ``x`` is widened, multiplied by the double ``k`` and rounded to
+    float once; the ``x > 0`` arm gives ``x`` back unchanged (widening and rounding a
+    float that is > 0 is exact).  The comparison is ordered, so NaN takes the multiply
+    arm, which quiets a signalling NaN exactly as the scalar ``cvtss2sd`` does.
+    """
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and x.ndim == 1
+            and x.layout == "C" and isinstance(i, types.Integer) and k == types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(ary.data, [index]), _F8.as_pointer())
+        v = builder.load(ptr, align=4, typ=_F8)
+        kv = builder.insert_element(ir.Constant(_D8, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
+        kv = builder.shuffle_vector(kv, ir.Constant(_D8, ir.Undefined),
+                                    ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        scaled = builder.fptrunc(builder.fmul(kv, builder.fpext(v, _D8)), _F8)
+        positive = builder.fcmp_ordered(">", v, ir.Constant(_F8, [0.0] * LANES))
+        result = builder.select(positive, v, scaled)
+        # an empty asm statement hides that the kept lanes equal memory: LLVM would
+        # otherwise store only the scaled lanes with a (slow) masked store
+        result = builder.asm(ir.FunctionType(_F8, [_F8]), "", "=x,0", [result], False)
+        builder.store(result, ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.none(x, i, k), codegen
+
+
+@kernel
+def _scale_nonpositive_range(x, lo, hi, k):
+    """``x[i] = x[i] > 0 ? x[i] : (float)(k * x[i])`` for lo <= i < hi: eight at a time, then the tail."""
+    i = lo
+    while i + LANES <= hi:
+        _scale_nonpositive8(x, U(i), k)
+        i += LANES
+    for i in range(U(i), U(hi)):
+        v = x[i]
+        if not v > 0:
+            x[i] = np.float32(k * np.float64(v))
+
+
 @kernel
 def activate_range(x, lo, hi, a):
     """``x[i] = activate(x[i], a)`` for lo <= i < hi, one loop per activation."""
     if a == LINEAR:
         return  # darknet's linear_activate returns x: nothing changes
     if a == LOGISTIC:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = logistic_activate(x[i])
     elif a == LOGGY:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = loggy_activate(x[i])
     elif a == RELU:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = relu_activate(x[i])
     elif a == ELU:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = elu_activate(x[i])
     elif a == SELU:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = selu_activate(x[i])
-    elif a == RELIE:
-        for i in range(lo, hi):
-            x[i] = relie_activate(x[i])
+    elif a == RELIE:  # relie_activate, eight at a time
+        _scale_nonpositive_range(x, lo, hi, .01)
     elif a == RAMP:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = ramp_activate(x[i])
-    elif a == LEAKY:
-        for i in range(lo, hi):
-            x[i] = leaky_activate(x[i])
+    elif a == LEAKY:  # leaky_activate, eight at a time
+        _scale_nonpositive_range(x, lo, hi, .1)
     elif a == TANH:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = tanh_activate(x[i])
     elif a == PLSE:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = plse_activate(x[i])
     elif a == STAIR:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = stair_activate(x[i])
     elif a == HARDTAN:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = hardtan_activate(x[i])
     elif a == LHTAN:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = lhtan_activate(x[i])
     else:  # darknet's activate returns 0 for a value outside the enum
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             x[i] = np.float32(0)
 
 
@@ -95,50 +158,50 @@ def activate_range(x, lo, hi, a):
 def gradient_range(x, lo, hi, a, delta):
     """``delta[i] *= gradient(x[i], a)`` for lo <= i < hi, one loop per activation."""
     if a == LOGISTIC:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= logistic_gradient(x[i])
     elif a == LOGGY:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= loggy_gradient(x[i])
     elif a == RELU:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= relu_gradient(x[i])
     elif a == ELU:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= elu_gradient(x[i])
     elif a == SELU:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= selu_gradient(x[i])
     elif a == RELIE:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= relie_gradient(x[i])
     elif a == RAMP:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= ramp_gradient(x[i])
     elif a == LEAKY:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= leaky_gradient(x[i])
     elif a == TANH:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= tanh_gradient(x[i])
     elif a == PLSE:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= plse_gradient(x[i])
     elif a == STAIR:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= stair_gradient(x[i])
     elif a == HARDTAN:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= hardtan_gradient(x[i])
     elif a == LHTAN:
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= lhtan_gradient(x[i])
     else:
         # LINEAR (and values outside the enum, gradient 0).  darknet really multiplies
         # by linear_gradient's 1, which quiets a signalling NaN in delta; a literal
         # ``*= 1`` would be folded away by LLVM, so the factor comes from the
         # runtime switch.
-        for i in range(lo, hi):
+        for i in range(U(lo), U(hi)):
             delta[i] *= gradient(x[i], a)
 
 

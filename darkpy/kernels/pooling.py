@@ -28,6 +28,10 @@ from darkpy.kernels.reference.pooling import FLT_MAX, c_div
 
 #: Outputs per vector step of ``_pool8_2x2_s2``/``_s1``.
 LANES = 8
+#: Maxpool outputs from which the planes are shared among threads (below, waking the
+#: thread pool costs more than it saves), and the most parallel tasks.
+MAXPOOL_PARALLEL_MIN = 1 << 16
+MAXPOOL_TASKS = 64
 
 _F8 = ir.VectorType(ir.FloatType(), LANES)
 _I8 = ir.VectorType(ir.IntType(32), LANES)
@@ -184,21 +188,15 @@ def _inside_window(input, index0, in_w, size):
     return max, max_i
 
 
-@pkernel
-def forward_maxpool(batch, in_h, in_w, c, out_h, out_w, size, stride, pad, input, output, indexes):
-    """darknet's ``forward_maxpool_layer``, one (image, channel) plane per parallel task.
-
-    Every window is the reference's scan: ``-FLT_MAX`` start, strict ``>``, the
-    first maximum wins, out-of-image positions count as ``-FLT_MAX``.  Windows
-    wholly inside the image skip the bounds checks; 2 x 2 windows of stride 1
-    or 2 go eight at a time through ``_pool8_2x2_s1``/``_s2``.
-    """
+@kernel
+def _maxpool_planes(plane0, plane1, in_h, in_w, out_h, out_w, size, stride, pad, input, output, indexes):
+    """Planes ``plane0 <= plane < plane1`` of ``forward_maxpool`` (see there)."""
     w_offset = c_div(-pad, 2)
     h_offset = c_div(-pad, 2)
     i_lo, i_hi = _inside(h_offset, stride, size, in_h, out_h)
     j_lo, j_hi = _inside(w_offset, stride, size, in_w, out_w)
     vector = size == 2 and (stride == 1 or stride == 2)
-    for plane in prange(batch * c):
+    for plane in range(plane0, plane1):
         in_base = plane * in_h * in_w
         out_base = plane * out_h * out_w
         for i in range(out_h):
@@ -232,6 +230,30 @@ def forward_maxpool(batch, in_h, in_w, c, out_h, out_w, size, stride, pad, input
             for j in range(j_hi, out_w):
                 output[o + j], indexes[o + j] = _border_window(
                     input, in_base, in_h, in_w, cur_h0, w_offset + j * stride, size)
+
+
+@pkernel
+def _maxpool_parallel(batch, in_h, in_w, c, out_h, out_w, size, stride, pad, input, output, indexes):
+    """``_maxpool_planes`` over all planes, a run of planes per parallel task."""
+    planes = batch * c
+    tasks = min(planes, MAXPOOL_TASKS)
+    for t in prange(tasks):
+        _maxpool_planes(planes * t // tasks, planes * (t + 1) // tasks, in_h, in_w, out_h, out_w,
+                        size, stride, pad, input, output, indexes)
+
+
+def forward_maxpool(batch, in_h, in_w, c, out_h, out_w, size, stride, pad, input, output, indexes):
+    """darknet's ``forward_maxpool_layer``; in parallel over (image, channel) planes when large.
+
+    Every window is the reference's scan: ``-FLT_MAX`` start, strict ``>``, the
+    first maximum wins, out-of-image positions count as ``-FLT_MAX``.  Windows
+    wholly inside the image skip the bounds checks; 2 x 2 windows of stride 1
+    or 2 go eight at a time through ``_pool8_2x2_s1``/``_s2``.
+    """
+    if batch * c * out_h * out_w >= MAXPOOL_PARALLEL_MIN:
+        _maxpool_parallel(batch, in_h, in_w, c, out_h, out_w, size, stride, pad, input, output, indexes)
+    else:
+        _maxpool_planes(0, batch * c, in_h, in_w, out_h, out_w, size, stride, pad, input, output, indexes)
 
 
 @pkernel
