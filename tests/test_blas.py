@@ -10,6 +10,7 @@ import darkpy.kernels.blas as fast
 import darkpy.kernels.reference.blas as ref
 from darkpy.check import bitwise_equal
 from darkpy.errors import ShapeError
+from darkpy.kernels.reference.activations import ACTIVATIONS, activate
 
 SPECIALS = np.array([np.inf, -np.inf, np.nan, -0.0, 1e-45, -3e-39, 1e-40, 3.4e38, -3.4e38],
                     dtype=np.float32)
@@ -42,7 +43,8 @@ def overridden():
 
 
 TESTED = {"copy_cpu", "fill_cpu", "axpy_cpu", "scal_cpu", "add_bias", "scale_bias",
-          "batchnorm_forward_train", "batchnorm_forward_infer", "batchnorm_backward"}
+          "batchnorm_forward_train", "batchnorm_forward_infer", "batchnorm_forward_infer_activate",
+          "batchnorm_backward"}
 
 
 def test_every_override_is_tested_here():
@@ -181,6 +183,45 @@ def test_batchnorm_kernels_bitwise_random_shapes():
         r = run_bn(ref, s, batch, c, spatial, train)
         f = run_bn(fast, s, batch, c, spatial, train)
         assert all(same(r[k], f[k]) for k in r), (batch, c, spatial, train)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS.values()))
+def test_batchnorm_forward_infer_activate_bitwise(activation):
+    """The inference epilogue, every activation, both paths, in place and not, with specials."""
+    rng = np.random.default_rng(500 + activation)
+    for batch, c, spatial in ((1, 3, 1), (2, 70, 1), (3, 5, 4), (2, 9, 35), (1, 17, 16), (4, 6, 23)):
+        for specials in (False, True):
+            s = bn_state(rng, batch, c, spatial, specials, scale=float(rng.choice([1, 50])))
+            results = []
+            for module in (ref, fast):
+                for in_place in (False, True):
+                    t = {k: v.copy() for k, v in s.items()}
+                    if in_place:
+                        t["output"][:] = t["input"]
+                        t["input"] = t["output"]
+                    module.batchnorm_forward_infer_activate(t["input"], t["output"], t["x"], t["rolling_mean"],
+                                                            t["rolling_variance"], t["scales"], t["biases"],
+                                                            batch, c, spatial, activation)
+                    results.append(t)
+            for t in results[1:]:
+                assert all(same(results[0][k], t[k]) for k in ("output", "x")), (batch, c, spatial, specials)
+            # and it is batchnorm_forward_infer followed by the activation, element by element
+            t = {k: v.copy() for k, v in s.items()}
+            ref.batchnorm_forward_infer(t["input"], t["output"], t["x"], t["rolling_mean"], t["rolling_variance"],
+                                        t["scales"], t["biases"], batch, c, spatial)
+            expected = np.array([activate(v, activation) for v in t["output"]], np.float32)
+            assert same(results[0]["output"], expected)
+            assert same(results[0]["x"], s["input"])
+
+
+def test_batchnorm_forward_infer_activate_unknown_value_gives_zero():
+    """darknet's activate returns 0 for a value outside the enum: both kernels agree."""
+    s = bn_state(np.random.default_rng(9), 2, 9, 20, False)
+    for module in (ref, fast):
+        t = {k: v.copy() for k, v in s.items()}
+        module.batchnorm_forward_infer_activate(t["input"], t["output"], t["x"], t["rolling_mean"],
+                                                t["rolling_variance"], t["scales"], t["biases"], 2, 9, 20, 99)
+        assert same(t["output"], np.zeros_like(t["output"]))
 
 
 # ----------------------------------------------------------------------------- the reference itself

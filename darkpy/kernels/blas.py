@@ -36,6 +36,7 @@ import numpy as np
 from numba import prange
 
 from darkpy.kernels import kernel, pkernel
+from darkpy.kernels.activations import LINEAR, RELU, activate_range, relu_activate
 from darkpy.kernels.gemm import vadd, vbroadcast, vmul, vstore
 from darkpy.kernels.reference.blas import *  # noqa: F401,F403
 from darkpy.kernels.reference.blas import EPS_BACKWARD, EPS_FORWARD, first_nan
@@ -495,6 +496,65 @@ def batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, sc
         den = math.sqrt(np.float64(rolling_variance[f])) + np.float64(EPS_FORWARD)
         _normalize_channel(input, output, x, None, rolling_mean[f], den, scales[f], biases[f],
                            batch, out_c, spatial, f)
+
+
+@pkernel
+def batchnorm_forward_infer_activate(input, output, x, rolling_mean, rolling_variance, scales, biases,
+                                     batch, out_c, spatial, activation):
+    """Fused twin of the reference ``batchnorm_forward_infer_activate`` (a convolutional
+    layer's inference epilogue): per channel (in parallel), the ``batchnorm_forward_infer``
+    pass writing x and output, then ``activate_range`` (darkpy.kernels.activations) over
+    the channel's planes while they are still in cache.  Elementwise: each element gets
+    the reference's operations, whichever channel runs first."""
+    if spatial < SMALL_SPATIAL:
+        for block in prange((out_c + SMALL_BLOCK - 1) // SMALL_BLOCK):
+            f0 = block * SMALL_BLOCK
+            f1 = min(out_c, f0 + SMALL_BLOCK)
+            _forward_block_small(input, output, x, x, rolling_mean, rolling_variance, rolling_mean,
+                                 rolling_variance, scales, biases, batch, out_c, spatial, f0, f1, False)
+            for b in range(batch):
+                activate_range(output, (b * out_c + f0) * spatial, (b * out_c + f1) * spatial, activation)
+        return
+    for f in prange(out_c):
+        den = math.sqrt(np.float64(rolling_variance[f])) + np.float64(EPS_FORWARD)
+        scale = scales[f]
+        bias = biases[f]
+        if scale != scale or bias != bias:
+            _normalize_channel(input, output, x, None, rolling_mean[f], den, scale, bias,
+                               batch, out_c, spatial, f)
+            for b in range(batch):
+                p = (b * out_c + f) * spatial
+                activate_range(output, p, p + spatial, activation)
+        else:
+            _normalize_activate_channel(input, output, x, rolling_mean[f], den, scale, bias,
+                                        batch, out_c, spatial, f, activation)
+
+
+@kernel
+def _normalize_activate_channel(input, output, x, m, den, scale, bias, batch, out_c, spatial, f, activation):
+    """One channel of ``_normalize_channel`` (inference; scale and bias not NaN, so one NaN
+    payload at most reaches each operation) with the activation applied plane by plane
+    while the plane is in L1: RELU inside the loop (the division-bound loop hides its
+    float multiply), any other activation by ``activate_range`` over the plane just
+    written (inside the loop, LEAKY's double conversions slow the division-bound loop
+    down more than a second pass over L1 costs)."""
+    for b in range(batch):
+        p = (b * out_c + f) * spatial
+        src = input[p:p + spatial]
+        xs = x[p:p + spatial]
+        out = output[p:p + spatial]
+        if activation == RELU:
+            for k in range(spatial):
+                v = src[k]
+                xs[k] = v
+                out[k] = relu_activate(np.float32(np.float64(v - m) / den) * scale + bias)
+        else:
+            for k in range(spatial):
+                v = src[k]
+                xs[k] = v
+                out[k] = np.float32(np.float64(v - m) / den) * scale + bias
+            if activation != LINEAR:
+                activate_range(output, p, p + spatial, activation)
 
 
 # ---------------------------------------------------------------- batchnorm backward

@@ -41,6 +41,7 @@ import numpy as np
 
 from darkpy.errors import ShapeError
 from darkpy.kernels import kernel
+from darkpy.kernels.reference.activations import activate_array_cpu
 
 __all__ = [
     "reorg_cpu", "flatten", "weighted_sum_cpu", "weighted_delta_cpu", "shortcut_cpu",
@@ -50,7 +51,8 @@ __all__ = [
     "l2_cpu", "dot_cpu", "softmax", "softmax_cpu", "upsample_cpu",
     "first_nan", "sum_array", "add_bias", "scale_bias", "backward_bias",
     "backward_scale_cpu", "mean_delta_cpu", "variance_delta_cpu", "normalize_delta_cpu",
-    "batchnorm_forward_train", "batchnorm_forward_infer", "batchnorm_backward",
+    "batchnorm_forward_train", "batchnorm_forward_infer", "batchnorm_forward_infer_activate",
+    "batchnorm_backward",
 ]
 
 F32_ONE = np.float32(1)
@@ -659,6 +661,17 @@ def batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, sc
     normalize_cpu(output, rolling_mean, rolling_variance, batch, out_c, spatial)
     scale_bias(output, scales, batch, out_c, spatial)
     add_bias(output, biases, batch, out_c, spatial)
+
+
+@kernel
+def batchnorm_forward_infer_activate(input, output, x, rolling_mean, rolling_variance, scales, biases,
+                                     batch, out_c, spatial, activation):
+    """A convolutional layer's inference epilogue: ``batchnorm_forward_infer``, then
+    darknet's ``activate_array(output, batch*out_c*spatial, activation)`` (the scalar
+    functions of ``darkpy.kernels.reference.activations``; LINEAR leaves the output as is)."""
+    batchnorm_forward_infer(input, output, x, rolling_mean, rolling_variance, scales, biases,
+                            batch, out_c, spatial)
+    activate_array_cpu(output, batch * out_c * spatial, activation)
 
 
 @kernel
