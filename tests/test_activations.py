@@ -205,6 +205,38 @@ def test_parallel_chunks_equal_reference_bitwise(name):
     assert np.array_equal(bits(d_ref), bits(d_par))
 
 
+@pytest.mark.parametrize("name", ["logistic", "leaky", "relu", "tanh", "stair"])
+@pytest.mark.parametrize("kernel", ["dispatch", "serial", "parallel"])
+def test_activate_spans_equals_reference_span_by_span(name, kernel):
+    """Several separate runs of one buffer (yolo's layout), with gaps left untouched; the
+    parallel kernel cuts spans longer than a chunk into chunks."""
+    rng = np.random.default_rng(200 + NAMES.index(name))
+    a = ref.get_activation(name)
+    x = _inputs(rng, fast.CHUNK)
+    starts = np.array([3, 40, 41, 900, 2 * fast.CHUNK + 1, 100], np.int64)
+    counts = np.array([30, 0, 50, 2 * fast.CHUNK - 899, 11, 700], np.int64)  # unsorted, one empty
+    want = x.copy()
+    for start, count in zip(starts, counts):
+        ref.activate_array(want[start:], int(count), a)
+    got = x.copy()
+    {"dispatch": fast.activate_spans, "serial": fast.activate_spans_serial,
+     "parallel": fast.activate_spans_parallel}[kernel](got, starts, counts, a)
+    assert np.array_equal(bits(want), bits(got))
+    assert not np.array_equal(bits(want), bits(x))
+
+
+def test_activate_spans_refuses_overlap_and_outside():
+    x = np.zeros(100, np.float32)
+    with pytest.raises(DarkpyError, match="overlap"):
+        fast.activate_spans(x, np.array([0, 10]), np.array([20, 5]), ref.LEAKY)
+    with pytest.raises(DarkpyError, match="outside"):
+        fast.activate_spans(x, np.array([90]), np.array([11]), ref.LEAKY)
+    with pytest.raises(DarkpyError, match="outside"):
+        fast.activate_spans(x, np.array([-1]), np.array([2]), ref.LEAKY)
+    with pytest.raises(DarkpyError):
+        fast.activate_spans(x, np.array([0]), np.array([2]), 99)
+
+
 # ----------------------------------------------------------------------------- float64 gradient checks
 
 A64 = 1.0507 * 1.6732

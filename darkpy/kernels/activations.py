@@ -28,6 +28,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from darkpy.errors import DarkpyError
 from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.activations import (  # noqa: F401  (re-exported API)
     ACTIVATIONS, ELU, HARDTAN, LEAKY, LHTAN, LINEAR, LOGGY, LOGISTIC, PLSE, RAMP, RELIE, RELU,
@@ -242,3 +243,54 @@ def gradient_array(x, n, a, delta):
         gradient_array_parallel(x, n, a, delta)
     else:
         gradient_range(x, 0, n, a, delta)
+
+
+@kernel
+def activate_spans_serial(x, starts, counts, a):
+    """``activate_range`` over ``x[starts[s] : starts[s] + counts[s]]`` for each span s, in order."""
+    for s in range(starts.shape[0]):
+        activate_range(x, starts[s], starts[s] + counts[s], a)
+
+
+@pkernel
+def activate_spans_parallel(x, starts, counts, a):
+    """The spans cut into chunks of ``CHUNK`` elements, all chunks of all spans in parallel.
+
+    The spans must not overlap (``activate_spans`` checks): then every element
+    belongs to exactly one chunk and is activated once, as in the serial loop.
+    """
+    nspans = starts.shape[0]
+    first = np.empty(nspans + 1, np.int64)  # first[s]: the number of chunks before span s
+    first[0] = 0
+    for s in range(nspans):
+        first[s + 1] = first[s] + (counts[s] + CHUNK - 1) // CHUNK
+    for t in prange(first[nspans]):
+        s = np.searchsorted(first, t, side="right") - 1
+        lo = starts[s] + (t - first[s]) * CHUNK
+        activate_range(x, lo, min(starts[s] + counts[s], lo + CHUNK), a)
+
+
+def activate_spans(x, starts, counts, a):
+    """``activate_array(x[starts[s]:], counts[s], a)`` for every span s, as one job.
+
+    For layers that activate several separate runs of one buffer (yolo's x, y,
+    objectness and classes of every anchor): the runs are shared among threads
+    together when their total is large enough, instead of one small call each.
+    ``starts``/``counts`` are int64 arrays; the spans must lie in ``x`` and not overlap.
+    """
+    a = check_activation(a)
+    starts = np.ascontiguousarray(starts, np.int64)
+    counts = np.ascontiguousarray(counts, np.int64)
+    if starts.shape != counts.shape or starts.ndim != 1:
+        raise DarkpyError(f"starts {starts.shape} and counts {counts.shape} must be equal 1-D shapes")
+    check_array("x", x, 0)
+    ends = starts + counts
+    if (counts < 0).any() or (starts < 0).any() or (ends > x.shape[0]).any():
+        raise DarkpyError(f"a span lies outside x ({x.shape[0]} floats)")
+    order = np.argsort(starts, kind="stable")
+    if (starts[order][1:] < ends[order][:-1]).any():
+        raise DarkpyError("activate_spans: the spans overlap")
+    if _parallel(int(counts.sum()), a):
+        activate_spans_parallel(x, starts, counts, a)
+    else:
+        activate_spans_serial(x, starts, counts, a)

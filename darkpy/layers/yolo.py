@@ -388,15 +388,26 @@ def yolo_training_deltas(output, delta, truth, biases, mask, cmap, has_map, batc
 # ----------------------------------------------------------------------------- the layer
 
 def _logistic_planes(l, coords):
-    """The logistic of darknet's forward: x and y, then objectness and the classes, per image and anchor."""
+    """The logistic of darknet's forward: x and y, then objectness and the classes, per image and anchor.
+
+    The fast kernels take all these runs as one (parallel) job, ``activate_spans``;
+    the reference makes darknet's calls one by one.  Each element is activated once
+    either way, so the bits are the same.
+    """
     act = family("activations")
     spatial = l.w * l.h
+    starts, counts = [], []
     for b in range(l.batch):
         for n in range(l.n):
-            index = entry_index(b, n * spatial, 0, l.w, l.h, l.classes, l.outputs)
-            act.activate_array(l.output[index:], 2 * spatial, LOGISTIC)
-            index = entry_index(b, n * spatial, coords, l.w, l.h, l.classes, l.outputs)
-            act.activate_array(l.output[index:], (1 + l.classes) * spatial, LOGISTIC)
+            starts.append(entry_index(b, n * spatial, 0, l.w, l.h, l.classes, l.outputs))
+            counts.append(2 * spatial)
+            starts.append(entry_index(b, n * spatial, coords, l.w, l.h, l.classes, l.outputs))
+            counts.append((1 + l.classes) * spatial)
+    if hasattr(act, "activate_spans"):
+        act.activate_spans(l.output, np.array(starts, np.int64), np.array(counts, np.int64), LOGISTIC)
+    else:
+        for index, count in zip(starts, counts):
+            act.activate_array(l.output[index:], count, LOGISTIC)
 
 
 def truth_error(l, status, b, t, truth):
