@@ -101,16 +101,23 @@ def test_maxpool_fast_equals_reference(shape, values):
 
 def maxpool_all(batch, c, h, w, size, stride, pad, x):
     """(output, indexes) of the reference, the fast forward_maxpool (serial below its size
-    threshold) and the fast parallel kernel, from buffers pre-filled with junk (every output
-    must be written)."""
+    threshold), and the fast serial and parallel kernels both window by window and separable,
+    from buffers pre-filled with junk (every output must be written)."""
     out_h = int(np.trunc((h + pad - size) / stride)) + 1
     out_w = int(np.trunc((w + pad - size) / stride)) + 1
     n_out = batch * c * out_h * out_w
+    calls = [lambda o, i: ref.forward_maxpool(batch, h, w, c, out_h, out_w, size, stride, pad, x, o, i),
+             lambda o, i: fast.forward_maxpool(batch, h, w, c, out_h, out_w, size, stride, pad, x, o, i)]
+    for separable in (False, True):
+        calls += [lambda o, i, s=separable: fast._maxpool_parallel(
+                      batch, h, w, c, out_h, out_w, size, stride, pad, x, o, i, s),
+                  lambda o, i, s=separable: fast._maxpool_planes(
+                      0, batch * c, h, w, out_h, out_w, size, stride, pad, x, o, i, s)]
     results = []
-    for f in (ref.forward_maxpool, fast.forward_maxpool, fast._maxpool_parallel):
+    for call in calls:
         out = np.full(n_out, 7, np.float32)
         idx = np.full(n_out, 7, np.int32)
-        f(batch, h, w, c, out_h, out_w, size, stride, pad, x, out, idx)
+        call(out, idx)
         results.append((out, idx))
     return results
 
@@ -165,6 +172,22 @@ def test_maxpool_fast_equals_reference_vector_widths(size, stride, pad, w):
     x = rng.integers(-2, 3, batch * c * h * w).astype(np.float32)
     x[rng.random(x.size) < .1] = np.nan
     x[rng.random(x.size) < .1] = -0.0
+    (o_ref, i_ref), *fast_results = maxpool_all(batch, c, h, w, size, stride, pad, x)
+    for o_fast, i_fast in fast_results:
+        assert bitwise_equal(o_ref, o_fast)
+        assert np.array_equal(i_ref, i_fast)
+
+
+@pytest.mark.parametrize("shape", [  # batch, c, h, w, size, stride, pad of real cfgs' layers
+    (1, 3, 19, 19, 5, 1, 4), (1, 3, 19, 19, 9, 1, 8), (1, 2, 19, 19, 13, 1, 12),  # yolov3-spp
+    (1, 3, 27, 27, 3, 2, 0), (1, 3, 13, 13, 2, 1, 1), (2, 3, 26, 26, 2, 2, 1),      # alexnet, tiny
+    (1, 2, 11, 30, 4, 2, 3), (1, 2, 9, 31, 3, 1, 6), (1, 2, 6, 25, 5, 2, 9)])       # wide padding
+@pytest.mark.parametrize("values", ["normal", "nasty"])
+def test_maxpool_fast_equals_reference_layer_shapes(shape, values):
+    batch, c, h, w, size, stride, pad = shape
+    rng = rng_for("maxpool-layers", shape, values)
+    n = batch * c * h * w
+    x = nasty_values(rng, n) if values == "nasty" else rng.standard_normal(n).astype(np.float32)
     (o_ref, i_ref), *fast_results = maxpool_all(batch, c, h, w, size, stride, pad, x)
     for o_fast, i_fast in fast_results:
         assert bitwise_equal(o_ref, o_fast)
