@@ -3,15 +3,18 @@
     python benchmarks/bench_batchnorm.py [--repeat N] [--quick]
 
 Times ``batchnorm_forward_train`` + ``batchnorm_backward`` (a training step of a
-[batchnorm] layer, or of a convolutional layer's batch normalisation) and
-``batchnorm_forward_infer``, at darknet-like shapes, and compares each with the
-memory floor: the bytes the step must move (forward: read the input, write
-output, x, x_norm; backward: read delta, x, x_norm, write delta; inference:
-read the input, write output and x) divided by the measured copy bandwidth.
+[batchnorm] layer, or of a convolutional layer's batch normalisation; the rows also
+give the forward and backward medians apart), ``batchnorm_forward_infer`` and the
+fused inference epilogue ``batchnorm_forward_infer_activate`` with LEAKY, at
+darknet-like shapes, and compares each with the memory floor: the bytes the step
+must move (forward: read the input, write output, x, x_norm; backward: read delta,
+x, x_norm, write delta; inference: read the input, write output and x) divided by
+the measured copy bandwidth.
 
 ``bench_rows()`` returns the measurements as dicts (name, shape, impl, threads,
-median_ms, min_ms, floor_ms) for reuse, e.g. by a ``darkpy bench`` command.  On a
-shared machine the minimum is the better estimate of the kernel's own cost.
+median_ms, min_ms, floor_ms; train rows also fwd_ms, bwd_ms) for reuse, e.g. by a
+``darkpy bench`` command.  On a shared machine the minimum is the better estimate of
+the kernel's own cost.
 """
 
 import argparse
@@ -25,6 +28,7 @@ import numpy as np
 
 import darkpy.kernels.blas as fast
 import darkpy.kernels.reference.blas as reference
+from darkpy.kernels.activations import LEAKY
 
 #: (batch, channels, height, width)
 SHAPES = [(8, 64, 52, 52), (16, 256, 13, 13), (1, 16, 208, 208), (64, 1024, 1, 1)]
@@ -72,13 +76,17 @@ def _state(shape, seed=0):
 
 
 def _train_step(module, s, batch, c, spatial):
+    """One training step; returns (forward, backward) seconds."""
     # backward rewrites delta in place; re-running it on its own output keeps values O(1)
+    t0 = time.perf_counter()
     module.batchnorm_forward_train(s["input"], s["output"], s["x"], s["x_norm"], s["mean"], s["variance"],
                                    s["rolling_mean"], s["rolling_variance"], s["scales"], s["biases"],
                                    batch, c, spatial)
+    t1 = time.perf_counter()
     module.batchnorm_backward(s["delta"], s["x"], s["x_norm"], s["mean"], s["variance"], s["scales"],
                               s["bias_updates"], s["scale_updates"], s["mean_delta"], s["variance_delta"],
                               batch, c, spatial)
+    return t1 - t0, time.perf_counter() - t1
 
 
 def _infer_step(module, s, batch, c, spatial):
@@ -86,15 +94,28 @@ def _infer_step(module, s, batch, c, spatial):
                                    s["scales"], s["biases"], batch, c, spatial)
 
 
+def _infer_leaky_step(module, s, batch, c, spatial):
+    module.batchnorm_forward_infer_activate(s["input"], s["output"], s["x"], s["rolling_mean"],
+                                            s["rolling_variance"], s["scales"], s["biases"], batch, c, spatial,
+                                            LEAKY)
+
+
 def _times_ms(fn, repeat):
-    """(median, min) of ``repeat`` timed calls, in ms, after one warm-up call."""
+    """(median, min, parts) of ``repeat`` timed calls, in ms, after one warm-up call.
+    When ``fn`` returns a tuple of part times (seconds), the total is their sum and
+    ``parts`` their medians; else ``parts`` is None."""
     fn()  # compile / warm the caches
-    times = []
+    times, parts = [], []
     for _ in range(repeat):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times)), 1e3 * float(np.min(times))
+        split = fn()
+        if split is None:
+            times.append(time.perf_counter() - t)
+        else:
+            times.append(sum(split))
+            parts.append(split)
+    medians = [1e3 * float(np.median(p)) for p in zip(*parts)] if parts else None
+    return 1e3 * float(np.median(times)), 1e3 * float(np.min(times)), medians
 
 
 def bench_rows(shapes=SHAPES, repeat=9, reference_repeat=3, threads=None, bandwidth=None):
@@ -116,29 +137,35 @@ def bench_rows(shapes=SHAPES, repeat=9, reference_repeat=3, threads=None, bandwi
             n = batch * c * h * w
             spatial = h * w
             floors = {"train fwd+bwd": (4 * n + 4 * n) * 4 / bandwidth * 1e3,   # fwd 1r+3w, bwd 3r+1w
-                      "infer fwd": 3 * n * 4 / bandwidth * 1e3}                 # 1r+2w
-            for name, step in (("train fwd+bwd", _train_step), ("infer fwd", _infer_step)):
+                      "infer fwd": 3 * n * 4 / bandwidth * 1e3,                 # 1r+2w
+                      "infer fwd+leaky": 3 * n * 4 / bandwidth * 1e3}           # the same, activated in place
+            for name, step in (("train fwd+bwd", _train_step), ("infer fwd", _infer_step),
+                               ("infer fwd+leaky", _infer_leaky_step)):
                 for impl, module in (("reference", reference), ("fast", fast)):
                     for t in ([1] if impl == "reference" else threads):
                         numba.set_num_threads(t)
                         s = _state(shape)
-                        med, best = _times_ms(lambda: step(module, s, batch, c, spatial),
-                                              reference_repeat if impl == "reference" else repeat)
-                        rows.append(dict(name=name, shape=shape, impl=impl, threads=t,
-                                         median_ms=med, min_ms=best, floor_ms=floors[name]))
+                        med, best, parts = _times_ms(lambda: step(module, s, batch, c, spatial),
+                                                     reference_repeat if impl == "reference" else repeat)
+                        row = dict(name=name, shape=shape, impl=impl, threads=t,
+                                   median_ms=med, min_ms=best, floor_ms=floors[name])
+                        if parts is not None:
+                            row["fwd_ms"], row["bwd_ms"] = parts
+                        rows.append(row)
     finally:
         numba.set_num_threads(before)
     return rows
 
 
 def format_rows(rows):
-    head = (f"{'step':14s} {'shape (b,c,h,w)':18s} {'impl':9s} {'thr':>3s} {'median ms':>10s} {'min ms':>8s} "
-            f"{'floor ms':>9s} {'med/floor':>9s}")
+    head = (f"{'step':15s} {'shape (b,c,h,w)':18s} {'impl':9s} {'thr':>3s} {'median ms':>10s} {'min ms':>8s} "
+            f"{'floor ms':>9s} {'med/floor':>9s}  fwd + bwd ms")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['name']:14s} {str(r['shape']):18s} {r['impl']:9s} {r['threads']:3d} "
+        split = f"  {r['fwd_ms']:.3f} + {r['bwd_ms']:.3f}" if "fwd_ms" in r else ""
+        lines.append(f"{r['name']:15s} {str(r['shape']):18s} {r['impl']:9s} {r['threads']:3d} "
                      f"{r['median_ms']:10.3f} {r['min_ms']:8.3f} {r['floor_ms']:9.3f} "
-                     f"{r['median_ms'] / r['floor_ms']:9.2f}")
+                     f"{r['median_ms'] / r['floor_ms']:9.2f}{split}")
     return "\n".join(lines)
 
 
