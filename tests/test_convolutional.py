@@ -390,3 +390,56 @@ def test_backward_matches_float64_central_differences(case):
         forward_twin = False
     assert rel(net.delta, numeric("x")) < tol
     assert rel(l.weight_updates, numeric("W")) < tol
+
+
+# ----------------------------------------------------------------------------- fused forward
+
+def _wild(rng, n):
+    """Normal values with +-inf, -0, denormals and the x86 default NaN sprinkled in."""
+    x = rng.standard_normal(n).astype(np.float32)
+    u = rng.random(n)
+    x[u < 0.02] = np.inf
+    x[(u >= 0.02) & (u < 0.04)] = -np.inf
+    x[(u >= 0.04) & (u < 0.08)] = -0.0
+    x[(u >= 0.08) & (u < 0.12)] = (rng.standard_normal(((u >= 0.08) & (u < 0.12)).sum()) * 1e-40).astype(np.float32)
+    x[(u >= 0.12) & (u < 0.13)] = np.array([0xFFC00000], np.uint32).view(np.float32)[0]
+    return x
+
+
+@pytest.mark.parametrize("shape", [
+    # batch, h, w, c, n, groups, size, stride, pad, bn, activation
+    (2, 9, 11, 4, 6, 1, 3, 1, 1, 0, LEAKY), (1, 13, 13, 6, 8, 2, 3, 2, 1, 1, LINEAR),
+    (3, 7, 6, 2, 5, 1, 5, 1, 2, 0, LOGISTIC), (1, 20, 18, 3, 16, 1, 3, 1, 1, 1, LEAKY),
+    (2, 8, 8, 4, 4, 4, 3, 1, 0, 0, LINEAR), (1, 6, 6, 3, 4, 1, 1, 1, 0, 0, LEAKY)])
+@pytest.mark.parametrize("data", ["plain", "wild"])
+def test_fast_forward_skips_fill_and_matches_darknets_sequence(shape, data):
+    """The fast forward (gemm_im2col with c_zero, no fill_cpu pass for size > 1) leaves the
+    same l.output bits as the reference's literal fill_cpu + im2col_cpu + gemm, even when
+    l.output starts as garbage (NaN, inf, -0 from a previous call) and the input holds
+    inf/NaN/-0/denormals: every output element is written by the fused gemm."""
+    batch, h, w, c, n, groups, size, stride, pad, bn, act = shape
+    rng = np.random.default_rng([len(data), *shape])
+    make = _wild if data == "wild" else (lambda r, k: r.standard_normal(k).astype(np.float32))
+    outputs = {}
+    for impl in ("reference", "fast"):
+        l = convolutional.make_convolutional_layer(batch, h, w, c, n, groups, size, stride, pad, act, bn, 0, 0, 0)
+        r = np.random.default_rng(1)
+        l.weights[:] = make(r, l.weights.size)
+        l.biases[:] = r.standard_normal(l.biases.size).astype(np.float32)
+        if bn:
+            l.scales[:] = r.standard_normal(l.scales.size).astype(np.float32)
+            l.rolling_mean[:] = r.standard_normal(l.rolling_mean.size).astype(np.float32)
+            l.rolling_variance[:] = r.random(l.rolling_variance.size).astype(np.float32) + 0.5
+        l.output[:] = np.array([np.nan, np.inf, -0.0, 3.0], np.float32)[np.arange(l.output.size) % 4]
+        net = types.SimpleNamespace(input=make(np.random.default_rng(2), l.inputs * batch), delta=None, train=0,
+                                    truth=None, index=0, workspace=np.zeros(max(l.workspace_size // 4, 1), np.float32))
+        saved = kernels.active()
+        kernels.use(impl)
+        try:
+            l.forward(l, net)
+        finally:
+            kernels.use(saved)
+        outputs[impl] = l.output.copy()
+    assert np.array_equal(bits(outputs["fast"]), bits(outputs["reference"]))
+    if data == "plain":
+        assert np.isfinite(outputs["fast"]).all()

@@ -108,15 +108,42 @@ def test_leading_dimensions_and_offsets(TA, TB):
 
 @pytest.mark.parametrize("TA,TB", VARIANTS)
 def test_blocking_boundaries(TA, TB):
-    """Sizes around the micro-tile (MR x NR), the task block (MC x NC) and the K chunk (KC)."""
+    """Sizes around the micro-tiles (MR or MR4 x NR), the row block (MC), the K chunk (KC),
+    gemm_nn/tn's column block (``_column_block``: B_L2 floats of B for one row block) and
+    gemm_nt/tt's task block (SUM_MC x SUM_NC)."""
     rng = np.random.default_rng([11, TA, TB])
-    MR, NR, MC, NC, KC = fast.MR, fast.NR, fast.MC, fast.NC, fast.KC
-    for M, N, K in ((MR - 1, NR + 1, KC), (MC + 1, NR - 1, KC + 1), (MR + 1, NC + 1, 2 * KC + 3),
-                    (MC - 1, 2 * NR, KC - 1)):
+    MR, NR, MC, KC = fast.MR, fast.NR, fast.MC, fast.KC
+    ncb = fast._column_block(MC, 10 ** 6, KC + 1)  # columns per block for K = KC + 1, M <= MC
+    assert NR <= ncb < 400
+    for M, N, K in ((MR - 1, NR + 1, KC), (MC + 1, NR - 1, KC + 1), (MR + 1, fast.SUM_NC + 1, 2 * KC + 3),
+                    (MC - 1, 2 * NR, KC - 1), (MC, ncb + 3, KC + 1), (2 * MC + 2, 7, 9),
+                    (fast.SUM_MC + 1, 40, 11)):
         for make in (plain, wild):
             A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K, make=make)
             got, want = run_both(TA, TB, M, N, K, 0.5, A, lda, B, ldb, 0.7, C, ldc)
             assert_bitwise(got, want)
+
+
+def test_row_panels_cover_the_block_without_padding_where_possible():
+    """Panels of 6 and 4 rows tile any row count; multiples of 4 or 6 need no padding row."""
+    start, height, rows = (np.zeros(64, np.int64) for _ in range(3))
+    for mc in range(1, fast.MC + 1):
+        n = fast._row_panels(mc, start, height, rows)
+        assert start[0] == 0 and (start[1:n] == start[:n - 1] + rows[:n - 1]).all()
+        assert rows[:n].sum() == mc and set(height[:n]) <= {fast.MR, fast.MR4}
+        assert (rows[:n - 1] == height[:n - 1]).all() and 0 < rows[n - 1] <= height[n - 1]
+        if mc % 4 == 0 or mc % 6 == 0:
+            assert rows[n - 1] == height[n - 1], mc
+
+
+@pytest.mark.parametrize("TA", [0, 1])
+def test_every_row_remainder(TA):
+    """M = 1..14 walks every panel layout (a 6-row tail of 5, 4-row tails of 1..4, two 4s)."""
+    rng = np.random.default_rng([12, TA])
+    for M in range(1, 15):
+        A, lda, B, ldb, C, ldc = operands(rng, TA, 0, M, 21, 19, make=wild)
+        got, want = run_both(TA, 0, M, 21, 19, -0.75, A, lda, B, ldb, 1.0, C, ldc)
+        assert_bitwise(got, want)
 
 
 @pytest.mark.parametrize("TA,TB", VARIANTS)
@@ -255,14 +282,24 @@ def test_reference_against_float64_product(TA, TB):
 
 
 def test_large_shapes_match_reference():
-    """Shapes big enough for the threaded path (several blocks of C) and several K chunks."""
+    """Shapes big enough for the threaded path (several blocks of C) and several K chunks:
+    gemm_nn/tn split along N (N >= M) and along M."""
+    import numba
     rng = np.random.default_rng(23)
     assert fast.PARALLEL_WORK <= 1 << 20  # the shapes below must take the threaded path
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     for TA, TB, M, N, K in ((0, 0, 32, 700, 300), (0, 1, 70, 600, 40), (1, 0, 144, 300, 40),
-                            (1, 1, 70, 530, 30), (0, 1, 40, 144, 676)):
+                            (1, 1, 70, 530, 30), (0, 1, 40, 144, 676), (0, 0, 300, 70, 260),
+                            (1, 0, 250, 45, 300)):
         A, lda, B, ldb, C, ldc = operands(rng, TA, TB, M, N, K)
-        got, want = run_both(TA, TB, M, N, K, 1.0, A, lda, B, ldb, 1.0, C, ldc)
+        try:
+            got, want = run_both(TA, TB, M, N, K, 1.0, A, lda, B, ldb, 1.0, C, ldc)
+        finally:
+            numba.set_num_threads(saved)
         assert_bitwise(got, want)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("bad", ["short_A", "short_B", "short_C", "ldc", "dtype", "ndim", "negative"])
@@ -304,18 +341,36 @@ def _asm(fn, *args):
 
 def test_no_fused_multiply_add_in_generated_code():
     """The CPU has FMA (lscpu: fma); LLVM must not have contracted a multiply and an add."""
-    Ap, Bp, T = np.zeros(4 * 8, np.float32), np.zeros(8 * 16, np.float32), np.zeros(64, np.float32)
-    for asm in (_asm(fast._tile_accumulate, 8, Ap, 0, Bp, T, 0, 16, True, np.float32(0.5)),
-                _asm(fast._tile_sum, 8, Ap, 0, Bp, T, 0, 16)):
-        assert "vmulps" in asm and "vaddps" in asm  # really the vector micro-kernel
-        assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
     A, B, C = np.zeros(64, np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32)
-    for fn in (fast._accumulate_tasks, fast._sum_tasks):
-        asm = _asm(fn, 0, 1, 1, 0, 4, 4, 4, np.float32(1), A, 4, B, 4, True, np.float32(1), C, 4)
-        assert "fmadd" not in asm and "fmsub" not in asm
+    # gemm_nn/tn: the whole block driver, with both micro-kernels and the packing inlined
+    asm = _asm(fast._accumulate_block, 0, 0, 4, 0, 4, 4, np.float32(1), A, 4, B, 4, True, False,
+               np.float32(1), C, 4, False, 0, 0, 0, 0, 0, 1)
+    assert asm.count("vmulps") >= 20 and asm.count("vaddps") >= 20  # really the vector micro-kernels
+    assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
+    Ap, Bp, T = np.zeros(4 * 8, np.float32), np.zeros(8 * 16, np.float32), np.zeros(64, np.float32)
+    asm = _asm(fast._tile_sum, 8, Ap, 0, Bp, T, 0, 16)
+    assert "vmulps" in asm and "vaddps" in asm
+    assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
+    asm = _asm(fast._sum_tasks, 0, 1, 1, 0, 4, 4, 4, np.float32(1), A, 4, B, 4, True, np.float32(1), C, 4)
+    assert "fmadd" not in asm and "fmsub" not in asm
     for name in ("gemm_nn", "gemm_nt"):
         asm = _asm(getattr(ref, name), 4, 4, 4, np.float32(1), A, 4, B, 4, C, 4)
         assert "mulss" in asm and "fmadd" not in asm
+
+
+def test_micro_kernel_loop_keeps_its_accumulators_in_registers():
+    """The 6 x 16 loop (12 accumulators, 2 B vectors, 1 broadcast) is not unrolled into
+    stack spills: its loop body touches no stack slot."""
+    import re
+    A, B, C = np.zeros(64, np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32)
+    asm = _asm(fast._accumulate_block, 0, 0, 4, 0, 4, 4, np.float32(1), A, 4, B, 4, True, False,
+               np.float32(1), C, 4, False, 0, 0, 0, 0, 0, 1)
+    blocks = re.split(r"\n(?=\.LBB)", asm)
+    loops = [b for b in blocks if b.count("vmulps") == 12 and b.count("vaddps") == 12
+             and b.count("vbroadcastss") == 6]
+    assert loops, "no 6 x 16 micro-kernel loop found"
+    for body in loops:
+        assert "rsp" not in body and "rbp)" not in body
 
 
 # ---------------------------------------------------------------- golden dumps of darknet
@@ -429,3 +484,169 @@ def test_cuda_twin_matches_reference_in_simulator():
     if proc.returncode != 0 and "No module named" in proc.stderr and "cuda" in proc.stderr:
         pytest.skip("numba.cuda is not importable")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- gemm_im2col (fused im2col + gemm_nn)
+
+def _im2col_operands(rng, channels, height, width, ksize, stride, pad, M, make=plain, off=0, pad_a=0, pad_c=0):
+    out_h, out_w = ref_out_size(height, ksize, stride, pad), ref_out_size(width, ksize, stride, pad)
+    N, K = out_h * out_w, channels * ksize * ksize
+    im = make(rng, off + channels * height * width + 3)[off:]
+    lda, ldc = K + pad_a, N + pad_c
+    A = make(rng, off + M * lda + 2)[off:]
+    C = make(rng, off + M * ldc + 1)[off:]
+    return im, N, K, A, lda, C, ldc
+
+
+def ref_out_size(size, ksize, stride, pad):
+    from darkpy.kernels.reference.im2col import out_size
+    return out_size(size, ksize, stride, pad)
+
+
+def run_im2col_both(im, channels, height, width, ksize, stride, pad, M, N, K, ALPHA, A, lda, BETA, C, ldc,
+                    c_zero=False):
+    want, got = C.copy(), C.copy()
+    ref.gemm_im2col(im, channels, height, width, ksize, stride, pad, M, N, K, ALPHA, A, lda, BETA, want, ldc,
+                    c_zero=c_zero)
+    fast.gemm_im2col(im, channels, height, width, ksize, stride, pad, M, N, K, ALPHA, A, lda, BETA, got, ldc,
+                     c_zero=c_zero)
+    return got, want
+
+
+#: (channels, height, width, ksize, stride, pad, M): ksize 1/2/3/5, stride 1/2/3, pad 0/1/2,
+#: output rows shorter and longer than a 16-column strip, K above one chunk (30*9 > KC).
+GEOMETRIES = [(3, 7, 5, 3, 1, 1, 5), (2, 9, 7, 3, 2, 1, 7), (4, 6, 6, 1, 1, 0, 16), (2, 8, 8, 5, 3, 2, 6),
+              (3, 20, 37, 3, 1, 1, 18), (3, 13, 13, 3, 1, 1, 32), (2, 40, 40, 3, 1, 1, 4),
+              (30, 9, 11, 3, 1, 1, 13), (1, 4, 4, 4, 4, 0, 3), (3, 5, 9, 2, 2, 1, 9), (2, 17, 35, 3, 2, 0, 10),
+              (5, 19, 3, 5, 1, 2, 11), (2, 2, 2, 3, 2, 0, 4)]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_gemm_im2col_equals_im2col_then_gemm(geometry):
+    """The fused kernel against darknet's sequence (im2col_cpu into a buffer, then gemm),
+    bitwise, on plain data and on data with +-inf, -0 and denormals, with and without c_zero."""
+    channels, height, width, ksize, stride, pad, M = geometry
+    rng = np.random.default_rng(list(geometry))
+    for make in (plain, wild):
+        for ALPHA, BETA in ((1.0, 1.0), (-1.3, 0.7), (0.5, 0.0)):
+            for c_zero in (False, True):
+                im, N, K, A, lda, C, ldc = _im2col_operands(rng, channels, height, width, ksize, stride, pad, M,
+                                                            make=make)
+                got, want = run_im2col_both(im, channels, height, width, ksize, stride, pad, M, N, K,
+                                            ALPHA, A, lda, BETA, C, ldc, c_zero=c_zero)
+                assert_bitwise(got, want)
+
+
+def test_gemm_im2col_takes_darknets_column_matrix():
+    """The reference twin is im2col_cpu + gemm, and im2col_cpu is checked against the definition
+    in test_im2col; here the fused result equals a float64-free check: with one-hot weights,
+    C's rows are the column matrix rows themselves."""
+    from test_im2col import naive_im2col
+    rng = np.random.default_rng(5)
+    channels, height, width, ksize, stride, pad = 2, 9, 7, 3, 2, 1
+    out_h, out_w = ref_out_size(height, ksize, stride, pad), ref_out_size(width, ksize, stride, pad)
+    N, K = out_h * out_w, channels * ksize * ksize
+    im = rng.standard_normal(channels * height * width).astype(np.float32)
+    A = np.eye(K, dtype=np.float32).ravel()  # M = K, row i picks column-matrix row i
+    C = np.full(K * N, np.nan, np.float32)
+    fast.gemm_im2col(im, channels, height, width, ksize, stride, pad, K, N, K, 1.0, A, K, 1.0, C, N, c_zero=True)
+    assert_bitwise(C, naive_im2col(im, channels, height, width, ksize, stride, pad))
+
+
+def test_gemm_im2col_c_zero_ignores_c_and_writes_every_element():
+    """c_zero: C's block is taken to hold fill_cpu's +0 -- whatever it holds (NaN, inf, -0) --
+    and every element of the block is written; floats between rows and past it stay."""
+    rng = np.random.default_rng(6)
+    for geometry in GEOMETRIES:
+        channels, height, width, ksize, stride, pad, M = geometry
+        for BETA in (1.0, -1.0, 0.0, np.inf):  # (+0)*-1 = -0, (+0)*inf = NaN: both as darknet
+            im, N, K, A, lda, C, ldc = _im2col_operands(rng, channels, height, width, ksize, stride, pad, M,
+                                                        pad_c=5)
+            C[:] = np.nan
+            before = C.copy()
+            got, want = run_im2col_both(im, channels, height, width, ksize, stride, pad, M, N, K, 1.0, A, lda,
+                                        BETA, C, ldc, c_zero=True)
+            assert_bitwise(got, want)
+            block = np.zeros(C.size, bool)
+            for i in range(M):
+                block[i * ldc:i * ldc + N] = True
+            assert_bitwise(got[~block], before[~block])
+            if BETA != np.inf:  # finite data: every element written, none left as the NaN it held
+                assert np.isfinite(got[block]).all()
+
+
+@pytest.mark.parametrize("where", ["im", "A", "C"])
+def test_gemm_im2col_nan_inputs_bitwise(where):
+    """NaNs in the image, the weights or C (the default NaN and foreign payloads) keep
+    darknet's bits: panels with a NaN among their inputs go element by element."""
+    rng = np.random.default_rng([8, ord(where[0])])
+    foreign = np.array([0x7FC01234, 0xFFA00001], np.uint32).view(np.float32)
+    for channels, height, width, ksize, stride, pad, M in GEOMETRIES[:8]:
+        im, N, K, A, lda, C, ldc = _im2col_operands(rng, channels, height, width, ksize, stride, pad, M,
+                                                    make=lambda r, n: wild(r, n, nan=True))
+        buf = {"im": im, "A": A, "C": C}[where]
+        buf[rng.integers(0, buf.size, 3)] = np.concatenate([foreign, foreign[:1]])
+        for c_zero in (False, True):
+            got, want = run_im2col_both(im, channels, height, width, ksize, stride, pad, M, N, K, -1.3, A, lda,
+                                        0.7, C, ldc, c_zero=c_zero)
+            assert_bitwise(got, want)
+
+
+def test_gemm_im2col_views_and_leading_dimensions():
+    """im, A and C as views at an offset with longer rows (darknet's pointer arithmetic)."""
+    rng = np.random.default_rng(9)
+    for channels, height, width, ksize, stride, pad, M in GEOMETRIES[:6]:
+        im, N, K, A, lda, C, ldc = _im2col_operands(rng, channels, height, width, ksize, stride, pad, M,
+                                                    off=7, pad_a=3, pad_c=11)
+        before = C.copy()
+        got, want = run_im2col_both(im, channels, height, width, ksize, stride, pad, M, N, K, 1.0, A, lda,
+                                    1.0, C, ldc)
+        assert_bitwise(got, want)
+        untouched = np.ones(C.size, bool)
+        for i in range(M):
+            untouched[i * ldc:i * ldc + N] = False
+        assert_bitwise(got[untouched], before[untouched])
+
+
+def test_gemm_im2col_threaded_shapes():
+    """Big enough for the threads: split along N (a long image) and along M (many filters)."""
+    import numba
+    rng = np.random.default_rng(10)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for geometry in ((16, 30, 33, 3, 1, 1, 20), (16, 10, 10, 3, 1, 1, 300), (40, 13, 13, 3, 1, 1, 100)):
+            channels, height, width, ksize, stride, pad, M = geometry
+            im, N, K, A, lda, C, ldc = _im2col_operands(rng, channels, height, width, ksize, stride, pad, M)
+            assert M * N * K >= fast.PARALLEL_WORK
+            for c_zero in (False, True):
+                got, want = run_im2col_both(im, channels, height, width, ksize, stride, pad, M, N, K, 1.0, A, lda,
+                                            1.0, C, ldc, c_zero=c_zero)
+                assert_bitwise(got, want)
+    finally:
+        numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("module", [ref, fast], ids=["reference", "fast"])
+def test_gemm_im2col_bad_arguments_raise(module):
+    rng = np.random.default_rng(11)
+    channels, height, width, ksize, stride, pad, M = 3, 7, 5, 3, 1, 1, 5
+    im, N, K, A, lda, C, ldc = _im2col_operands(rng, channels, height, width, ksize, stride, pad, M)
+    good = dict(im=im, channels=channels, height=height, width=width, ksize=ksize, stride=stride, pad=pad,
+                M=M, N=N, K=K, ALPHA=1.0, A=A, lda=lda, BETA=1.0, C=C, ldc=ldc)
+    for change, word in ((dict(K=K + 1), "column matrix"), (dict(N=N - 1), "column matrix"),
+                         (dict(im=im[:channels * height * width - 1]), "im holds"),
+                         (dict(A=A[:M * K - 1]), "A holds"), (dict(C=C[:M * N - 1]), "C holds"),
+                         (dict(lda=K - 1), "lda"), (dict(ldc=N - 1), "ldc"), (dict(ksize=9), "does not fit"),
+                         (dict(stride=0), "bad sizes"), (dict(im=im.astype(np.float64)), "float32"),
+                         (dict(M=-1), "negative")):
+        with pytest.raises(DarkpyError, match=word):
+            module.gemm_im2col(**{**good, **change})
+
+
+def test_gemm_im2col_no_fused_multiply_add():
+    """The fused entry compiles the same driver with the image packer: no FMA anywhere."""
+    A, C, im = np.zeros(64, np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32)
+    asm = _asm(fast._accumulate_block, 0, 0, 4, 0, 4, 9, np.float32(1), A, 9, im, 4, True, True,
+               np.float32(1), C, 4, True, 4, 4, 3, 1, 1, 4)
+    assert "vmulps" in asm and "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm

@@ -33,7 +33,7 @@ import numpy as np
 
 from darkpy.crand import STATE, rand_r, RAND_MAX
 from darkpy.errors import CfgError, DarkpyError, DarkpyWarning, ShapeError
-from darkpy.kernels import family, kernel
+from darkpy.kernels import active, family, kernel
 from darkpy.kernels.reference.activations import check_activation, get_activation
 from darkpy.kernels.reference.im2col import out_size
 from darkpy.layer import Layer, ones, zeros
@@ -256,12 +256,23 @@ def _check_net(l, net, need_delta=False):
 
 
 def forward(l, net):
-    """darknet's ``forward_convolutional_layer`` (without the XNOR path)."""
+    """darknet's ``forward_convolutional_layer`` (without the XNOR path).
+
+    With the fast kernels a layer with size > 1 runs ``gemm_im2col`` per image and group:
+    the same products from the same floats, with B's strips packed straight from the input
+    instead of through ``net.workspace`` (left unwritten), and with ``c_zero``: those calls
+    write every element of ``l.output`` starting from the +0 that ``fill_cpu`` would have
+    stored, so the fill itself is skipped.  The reference kernels run darknet's literal
+    sequence: fill_cpu, then im2col_cpu and gemm.
+    """
     _check_net(l, net)
     blas = family("blas")
-    gemm = family("gemm").gemm
+    gemm_family = family("gemm")
+    gemm = gemm_family.gemm
     im2col_cpu = family("im2col").im2col_cpu
-    blas.fill_cpu(l.outputs * l.batch, f32(0), l.output, 1)
+    fused = active() == "fast" and l.size != 1
+    if not fused:
+        blas.fill_cpu(l.outputs * l.batch, f32(0), l.output, 1)
 
     m = l.n // l.groups
     k = l.size * l.size * l.c // l.groups
@@ -275,6 +286,10 @@ def forward(l, net):
             im = net.input[(i * l.groups + j) * group_in:]
             if l.size == 1:
                 b = im
+            elif fused:  # the (i, j) blocks of m*n outputs tile l.output exactly
+                gemm_family.gemm_im2col(im, l.c // l.groups, l.h, l.w, l.size, l.stride, l.pad,
+                                        m, n, k, 1, a, k, 1, c, n, c_zero=True)
+                continue
             else:
                 im2col_cpu(im, l.c // l.groups, l.h, l.w, l.size, l.stride, l.pad, b)
             gemm(0, 0, m, n, k, 1, a, k, b, n, 1, c, n)
