@@ -14,7 +14,7 @@ the same order, gives the same result without a test per position
 horizontally are computed eight outputs at a time: the window positions are
 loaded as ``<8 x float>`` vectors and folded in the reference's scan order,
 each step a lane-wise ordered ``v > max`` and two selects (the value and its
-int32 flat index), fused for full 2 x 2 windows (``_pool8_2x2_s2``/``_s1``).
+int32 flat index): ``_windows8``.
 That is the scalar scan in every lane: a comparison and a choice, no
 arithmetic on the values, so the bits (NaN never wins, ties keep the first,
 -0 against +0 keeps the first) are the reference's.  Windows of 3 x 3 and
@@ -32,7 +32,7 @@ from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.gemm import float32x8
 from darkpy.kernels.reference.pooling import FLT_MAX, c_div
 
-#: Outputs per vector step of ``_pool8_2x2_s2``/``_s1``.
+#: Outputs per vector step (``_windows8``).
 LANES = 8
 #: Maxpool outputs from which the planes are shared among threads (below, waking the
 #: thread pool costs more than it saves), and the most parallel tasks.
@@ -47,86 +47,6 @@ _I8 = ir.VectorType(ir.IntType(32), LANES)
 
 def _is_contig(arr, dtype):
     return isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"
-
-
-def _pool8_codegen(stride):
-    """LLVM for eight 2 x 2 windows of the given stride (1 or 2), scanned in the reference's order:
-    (0,0), (0,1), (1,0), (1,1); ``max`` starts at -FLT_MAX and the index at -1."""
-
-    def codegen(context, builder, sig, args):
-        inty, iaty, wty, outty, idxty, oty = sig.args
-        input_a = context.make_array(inty)(context, builder, args[0])
-        out_a = context.make_array(outty)(context, builder, args[3])
-        idx_a = context.make_array(idxty)(context, builder, args[4])
-        ia = context.cast(builder, args[1], iaty, types.intp)
-        in_w = context.cast(builder, args[2], wty, types.intp)
-        o = context.cast(builder, args[5], oty, types.intp)
-
-        def load8(start):
-            ptr = builder.bitcast(builder.gep(input_a.data, [start]), _F8.as_pointer())
-            return builder.load(ptr, align=4, typ=_F8)
-
-        def lanes(*values):
-            return ir.Constant(_I8, list(values))
-
-        rows = (ia, builder.add(ia, in_w))
-        if stride == 2:
-            # 16 consecutive floats per row; even lanes are the left column, odd the right
-            even = lanes(0, 2, 4, 6, 8, 10, 12, 14)
-            odd = lanes(1, 3, 5, 7, 9, 11, 13, 15)
-            values = []
-            for r in rows:
-                lo = load8(r)
-                hi = load8(builder.add(r, ir.Constant(r.type, 8)))
-                values += [builder.shuffle_vector(lo, hi, even), builder.shuffle_vector(lo, hi, odd)]
-        else:
-            values = []
-            for r in rows:
-                values += [load8(r), load8(builder.add(r, ir.Constant(r.type, 1)))]
-        # flat int32 indexes of the four positions, lane l adding stride*l
-        ia32 = builder.trunc(ia, ir.IntType(32))
-        w32 = builder.trunc(in_w, ir.IntType(32))
-        base = builder.insert_element(ir.Constant(_I8, ir.Undefined), ia32, ir.Constant(ir.IntType(32), 0))
-        base = builder.shuffle_vector(base, ir.Constant(_I8, ir.Undefined), lanes(*[0] * LANES))
-        base = builder.add(base, lanes(*[stride * l for l in range(LANES)]))
-        wvec = builder.insert_element(ir.Constant(_I8, ir.Undefined), w32, ir.Constant(ir.IntType(32), 0))
-        wvec = builder.shuffle_vector(wvec, ir.Constant(_I8, ir.Undefined), lanes(*[0] * LANES))
-        one = lanes(*[1] * LANES)
-        below = builder.add(base, wvec)
-        where = [base, builder.add(base, one), below, builder.add(below, one)]
-
-        max = ir.Constant(_F8, [float(-FLT_MAX)] * LANES)
-        max_i = lanes(*[-1] * LANES)
-        for val, index in zip(values, where):
-            gt = builder.fcmp_ordered(">", val, max)
-            max = builder.select(gt, val, max)
-            max_i = builder.select(gt, index, max_i)
-        out_ptr = builder.bitcast(builder.gep(out_a.data, [o]), _F8.as_pointer())
-        builder.store(max, out_ptr, align=4)
-        idx_ptr = builder.bitcast(builder.gep(idx_a.data, [o]), _I8.as_pointer())
-        builder.store(max_i, idx_ptr, align=4)
-        return context.get_dummy_value()
-
-    return codegen
-
-
-def _pool8_intrinsic(stride):
-    def typer(typingctx, input, ia, in_w, output, indexes, o):
-        if not (_is_contig(input, types.float32) and _is_contig(output, types.float32)
-                and _is_contig(indexes, types.int32)
-                and all(isinstance(t, types.Integer) for t in (ia, in_w, o))):
-            return None
-        return types.none(input, ia, in_w, output, indexes, o), _pool8_codegen(stride)
-
-    typer.__name__ = f"_pool8_2x2_s{stride}"
-    return intrinsic(typer)
-
-
-#: ``_pool8_2x2_s2(input, ia, in_w, output, indexes, o)``: outputs ``o .. o+7`` from the
-#: 2 x 2 windows whose top-left inputs are ``ia + 2*l`` (reads ``input[ia : ia+16]`` and the
-#: row below).  ``_pool8_2x2_s1``: the same with top-left ``ia + l`` (reads 9 floats a row).
-_pool8_2x2_s2 = _pool8_intrinsic(2)
-_pool8_2x2_s1 = _pool8_intrinsic(1)
 
 
 class _Int32x8(types.Type):
@@ -414,10 +334,11 @@ def _maxpool_planes(plane0, plane1, in_h, in_w, out_h, out_w, size, stride, pad,
                     if j + LANES > j_hi:
                         j = j_hi - LANES
                     if size == 2 and n0 == 0 and n1 == 2:
+                        # constant arguments: LLVM unrolls the whole 2 x 2 scan (2-4x faster)
                         if stride == 2:
-                            _pool8_2x2_s2(input, corner + 2 * j, in_w, output, indexes, o + j)
+                            _windows8(input, corner + 2 * j, 0, 2, in_w, 2, 2, output, indexes, o + j)
                         else:
-                            _pool8_2x2_s1(input, corner + j, in_w, output, indexes, o + j)
+                            _windows8(input, corner + j, 0, 2, in_w, 2, 1, output, indexes, o + j)
                     else:
                         _windows8(input, corner + j * stride, n0, n1, in_w, size, stride,
                                   output, indexes, o + j)
@@ -446,9 +367,7 @@ def forward_maxpool(batch, in_h, in_w, c, out_h, out_w, size, stride, pad, input
     Every window is the reference's scan: ``-FLT_MAX`` start, strict ``>``, the
     first maximum wins, out-of-image positions count as ``-FLT_MAX`` (so they are
     skipped: ``_window``).  With stride 1 or 2, the windows inside the image
-    horizontally go eight at a time: full 2 x 2 windows through
-    ``_pool8_2x2_s1``/``_s2``, any other (rows clipped to the image) through
-    ``_windows8``.
+    horizontally go eight at a time through ``_windows8``.
     """
     separable = size >= SEPARABLE_MIN
     if batch * c * out_h * out_w >= MAXPOOL_PARALLEL_MIN:
