@@ -152,20 +152,23 @@ def test_batchnorm_kernels_bitwise(batch, c, spatial, specials, train):
     assert not bad, bad
 
 
-@pytest.mark.parametrize("scale", [1e-20, 1e-3, 1e18])
-def test_batchnorm_kernels_bitwise_tiny_and_huge(scale):
-    """Denormal differences, overflowing squares: the same bits from both."""
-    batch, c, spatial = 2, 6, 5
-    rng = np.random.default_rng(int(-math.log10(scale) + 40))
+@pytest.mark.parametrize("scale", [1e-20, 1e-3, 1e18, 1e19])
+@pytest.mark.parametrize("batch,c,spatial", [(2, 6, 5), (2, 17, 20)])
+def test_batchnorm_kernels_bitwise_tiny_and_huge(scale, batch, c, spatial):
+    """Denormal differences, overflowing squares: the same bits from both (small planes
+    and the channel vectors)."""
+    rng = np.random.default_rng(int(-math.log10(scale) + 40) + c)
     s = bn_state(rng, batch, c, spatial, False, scale)
     r = run_bn(ref, s, batch, c, spatial)
     f = run_bn(fast, s, batch, c, spatial)
     assert all(same(r[k], f[k]) for k in r)
+    if scale == 1e19:  # the sums of squares overflow float: the variances are inf
+        assert np.isinf(r["variance"]).any()
 
 
-def test_batchnorm_forward_in_place_bitwise():
+@pytest.mark.parametrize("batch,c,spatial", [(2, 7, 9), (2, 27, 19)])
+def test_batchnorm_forward_in_place_bitwise(batch, c, spatial):
     """A convolutional layer passes its output as the input."""
-    batch, c, spatial = 2, 7, 9
     s = bn_state(np.random.default_rng(3), batch, c, spatial, True)
     r = run_bn(ref, s, batch, c, spatial, in_place=True)
     f = run_bn(fast, s, batch, c, spatial, in_place=True)
