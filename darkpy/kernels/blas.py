@@ -16,8 +16,15 @@ How the fast versions stay exact:
   channel: the same value, the same bits.
 * Every sum keeps darknet's order (one serial float or double chain per channel
   or per plane, over b then k).  Sums are sped up by running several channels'
-  chains side by side (``LANES`` channels per loop step: independent chains
-  hide the add latency), never by splitting a chain.
+  chains side by side, never by splitting a chain: the batchnorm sums put 8
+  channels in the 8 lanes of a vector (``VECTOR``): an 8 x 8 block (8 channels x
+  8 consecutive pixels) is transposed in registers (``darkpy.kernels.simd``), so
+  each chain step is one vector operation whose lane r is exactly channel r's
+  scalar step (plain LLVM ``fadd``/``fmul``/``fpext``/``fptrunc`` on vectors: lane-wise
+  IEEE operations, no fast-math flags, never contracted into an FMA).  The
+  forward statistics run two such vectors side by side (the variance step,
+  widen-add-narrow, has a long latency); the channels after the last full
+  vector run ``LANES`` scalar chains side by side, then one at a time.
 * NaN payloads: when two NaNs meet, x86 keeps the first operand's, and the
   reference pins gcc's operand order with ``first_nan``.  The fast loops run
   unguarded where at most one NaN payload can reach an operation (every NaN
@@ -27,7 +34,15 @@ How the fast versions stay exact:
 * The batchnorm passes are fused per channel group (statistics, then one
   normalise pass writing ``x``, ``x_norm`` and ``output``; one pass for all four
   backward sums, then one pass for the new delta), and ``prange`` runs channel
-  groups in parallel: channels are independent outputs.
+  groups in parallel: channels are independent outputs.  What bounds them (one
+  core, 8x64x52x52): the double divisions of the normalise passes (one per
+  element forward, two backward: the divider takes ~1.25 cycles per element),
+  the conversions of the variance chain, the transposes of the backward sums,
+  and memory.  Tried and dropped, no faster here: running a group's sums in
+  the same loop as the previous group's delta pass (the divider and the
+  shuffles do not overlap), the activation inside the normalise loop of the
+  inference epilogue (LEAKY's conversions slow the division-bound loop),
+  non-temporal stores (the backward pass reads x and x_norm right back).
 """
 
 import math
