@@ -229,6 +229,9 @@ def test_activate_spans_refuses_overlap_and_outside():
     x = np.zeros(100, np.float32)
     with pytest.raises(DarkpyError, match="overlap"):
         fast.activate_spans(x, np.array([0, 10]), np.array([20, 5]), ref.LEAKY)
+    with pytest.raises(DarkpyError, match="overlap"):
+        fast.activate_spans(x, np.array([50, 0, 60]), np.array([5, 60, 1]), ref.LEAKY)
+    fast.activate_spans(x, np.array([0, 10, 20]), np.array([20, 0, 5]), ref.LEAKY)  # empty: no overlap
     with pytest.raises(DarkpyError, match="outside"):
         fast.activate_spans(x, np.array([90]), np.array([11]), ref.LEAKY)
     with pytest.raises(DarkpyError, match="outside"):

@@ -247,6 +247,27 @@ def gradient_array(x, n, a, delta):
         gradient_range(x, 0, n, a, delta)
 
 
+_SPAN_OUTSIDE = 1
+_SPANS_OVERLAP = 2
+
+
+@kernel
+def _check_spans(starts, counts, n):
+    """(status, total count): 0, ``_SPAN_OUTSIDE`` or ``_SPANS_OVERLAP`` for spans in ``[0, n)``."""
+    total = 0
+    for s in range(starts.shape[0]):
+        if starts[s] < 0 or counts[s] < 0 or starts[s] + counts[s] > n:
+            return _SPAN_OUTSIDE, total
+        total += counts[s]
+    end = 0  # the end of the spans so far, in order of their starts (empty spans hold nothing)
+    for s in np.argsort(starts):
+        if counts[s] > 0:
+            if starts[s] < end:
+                return _SPANS_OVERLAP, total
+            end = starts[s] + counts[s]
+    return 0, total
+
+
 @kernel
 def activate_spans_serial(x, starts, counts, a):
     """``activate_range`` over ``x[starts[s] : starts[s] + counts[s]]`` for each span s, in order."""
@@ -286,13 +307,12 @@ def activate_spans(x, starts, counts, a):
     if starts.shape != counts.shape or starts.ndim != 1:
         raise DarkpyError(f"starts {starts.shape} and counts {counts.shape} must be equal 1-D shapes")
     check_array("x", x, 0)
-    ends = starts + counts
-    if (counts < 0).any() or (starts < 0).any() or (ends > x.shape[0]).any():
+    status, total = _check_spans(starts, counts, x.shape[0])
+    if status == _SPAN_OUTSIDE:
         raise DarkpyError(f"a span lies outside x ({x.shape[0]} floats)")
-    order = np.argsort(starts, kind="stable")
-    if (starts[order][1:] < ends[order][:-1]).any():
+    if status == _SPANS_OVERLAP:
         raise DarkpyError("activate_spans: the spans overlap")
-    if _parallel(int(counts.sum()), a):
+    if _parallel(total, a):
         activate_spans_parallel(x, starts, counts, a)
     else:
         activate_spans_serial(x, starts, counts, a)
