@@ -1,6 +1,6 @@
 """Benchmark darknet's gemm: the reference transliteration against the fast kernels.
 
-    python benchmarks/bench_gemm.py [--quick] [--repeat N] [--no-reference]
+    python benchmarks/bench_gemm.py [--quick] [--repeat N] [--no-reference] [--no-fused]
 
 Shapes are yolov3-tiny's (416 x 416) 3x3 convolutions as darknet calls gemm:
 forward ``gemm(0,0, M=filters, N=out_h*out_w, K=c*9)``, and for one layer the
@@ -15,6 +15,11 @@ gflops, pct_peak, plus min_ms, cpu_ms and pct_peak_cpu) for reuse, e.g. by a
 On a machine shared with other processes, wall times are pessimistic: cpu_ms
 (process CPU time of all threads) and pct_peak_cpu (flop per CPU-second
 against one core's peak) count only the time the benchmark actually ran.
+
+``bench_fused(...)`` times, per forward shape, what the convolutional layer does with
+one image: the fast ``im2col_cpu`` into a buffer followed by the fast ``gemm`` (the
+path before issue 9), against ``gemm_im2col`` (B packed straight from the image,
+``c_zero``: no separate fill of C).  Both rows count the gemm's 2*M*N*K flop.
 """
 
 import argparse
@@ -40,10 +45,14 @@ SHAPES = [
     ("conv8 fwd 256x1152x676", 0, 0, 256, 676, 1152),
     ("conv10 fwd 512x2304x169", 0, 0, 512, 169, 2304),
     ("conv12 fwd 1024x4608x169", 0, 0, 1024, 169, 4608),
+    ("l21 fwd 256x3456x676", 0, 0, 256, 676, 3456),  # (layer 14, 512x2304x169, is conv10's shape)
     ("conv8 weight_updates (nt)", 0, 1, 256, 1152, 676),
     ("conv8 delta (tn)", 1, 0, 1152, 676, 256),
 ]
-QUICK = [SHAPES[0], SHAPES[4], SHAPES[7], SHAPES[8]]
+QUICK = [SHAPES[0], SHAPES[4], SHAPES[8], SHAPES[9]]
+#: The 3x3 (stride 1, pad 1) convolution behind each forward shape: name -> (channels, height, width).
+CONV_INPUTS = {"conv0": (3, 416, 416), "conv2": (16, 208, 208), "conv4": (32, 104, 104), "conv6": (64, 52, 52),
+               "conv8": (128, 26, 26), "conv10": (256, 13, 13), "conv12": (512, 13, 13), "l21": (384, 26, 26)}
 
 
 def _lscpu():
@@ -175,6 +184,58 @@ def bench(shapes=SHAPES, threads=None, repeat=7, reference_repeat=3, with_refere
     return rows
 
 
+def bench_fused(shapes=SHAPES, threads=None, repeat=7, info=None):
+    """Per forward shape with a known convolution (``CONV_INPUTS``): the fast im2col_cpu + gemm
+    against gemm_im2col, timed alternately in one process (min and median of ``repeat``)."""
+    from darkpy.kernels import im2col as fast_im2col
+    info = info or peak()
+    threads = threads or sorted({1, numba.config.NUMBA_NUM_THREADS})
+    rng = np.random.default_rng(1)
+    rows = []
+    saved = numba.get_num_threads()
+    try:
+        for name, TA, TB, M, N, K in shapes:
+            conv = CONV_INPUTS.get(name.split()[0])
+            if TA or TB or conv is None:
+                continue
+            channels, height, width = conv
+            assert K == 9 * channels and N == height * width
+            im = rng.standard_normal(channels * height * width).astype(np.float32)
+            A = rng.standard_normal(M * K).astype(np.float32)
+            B = np.empty(K * N, np.float32)
+            C = np.zeros(M * N, np.float32)
+
+            def unfused():
+                fast_im2col.im2col_cpu(im, channels, height, width, 3, 1, 1, B)
+                fast.gemm(0, 0, M, N, K, 1.0, A, K, B, N, 1.0, C, N)
+
+            def fused():
+                fast.gemm_im2col(im, channels, height, width, 3, 1, 1, M, N, K, 1.0, A, K, 1.0, C, N, c_zero=True)
+
+            flop = 2.0 * M * N * K
+            for t in threads:
+                numba.set_num_threads(t)
+                unfused(), fused()  # compile / warm caches
+                times = {"im2col+gemm": [], "gemm_im2col": []}
+                for _ in range(repeat):
+                    times["im2col+gemm"].append(_timed(unfused))
+                    times["gemm_im2col"].append(_timed(fused))
+                for impl, ts in times.items():
+                    ts = np.array(ts)
+                    med, best, cpu = float(np.median(ts[:, 0])), float(np.min(ts[:, 0])), float(np.median(ts[:, 1]))
+                    rows.append({
+                        "name": name, "shape": f"conv {channels}x{height}x{width} -> gemm M={M} N={N} K={K}",
+                        "impl": impl, "threads": t, "median_ms": med * 1e3, "min_ms": best * 1e3,
+                        "repeats": repeat, "gflops": flop / med / 1e9,
+                        "pct_peak": 100.0 * flop / med / 1e9 / (info["gflops_per_core"] * t),
+                        "pct_peak_min": 100.0 * flop / best / 1e9 / (info["gflops_per_core"] * t),
+                        "cpu_ms": cpu * 1e3, "pct_peak_cpu": 100.0 * flop / cpu / 1e9 / info["gflops_per_core"],
+                    })
+    finally:
+        numba.set_num_threads(saved)
+    return rows
+
+
 #: What a ``darkpy bench`` command may call: the same as ``bench``.
 run = bench
 
@@ -191,6 +252,16 @@ def format_peak(info):
     ])
 
 
+def format_fused_rows(rows):
+    head = f"{'shape':<9} {'convolution -> gemm':<44} {'impl':<12} {'thr':>3} {'median ms':>10} {'min ms':>9} " \
+           f"{'% peak':>7} {'% peak(min)':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['name'].split()[0]:<9} {r['shape']:<44} {r['impl']:<12} {r['threads']:>3} "
+                     f"{r['median_ms']:>10.2f} {r['min_ms']:>9.2f} {r['pct_peak']:>6.0f}% {r['pct_peak_min']:>11.0f}%")
+    return "\n".join(lines)
+
+
 def format_rows(rows):
     head = f"{'shape':<27} {'gemm':<28} {'impl':<9} {'thr':>3} {'median ms':>10} {'min ms':>9} " \
            f"{'GFLOP/s':>8} {'% peak':>7} {'cpu ms':>8} {'% peak/cpu-s':>13}"
@@ -204,9 +275,10 @@ def format_rows(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="four shapes instead of nine")
+    parser.add_argument("--quick", action="store_true", help="four shapes instead of ten")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs of the fast kernels per row")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference")
+    parser.add_argument("--no-fused", action="store_true", help="skip im2col+gemm against gemm_im2col")
     args = parser.parse_args(argv)
     model = _field(_lscpu(), "Model name") or _field(_cpuinfo(), "model name") or "unknown"
     print(f"lscpu model name: {model}")
@@ -224,6 +296,12 @@ def main(argv=None):
     rows = bench(QUICK if args.quick else SHAPES, repeat=args.repeat, with_reference=not args.no_reference,
                  info=info)
     print(format_rows(rows))
+    if not args.no_fused:
+        fused = bench_fused(QUICK if args.quick else SHAPES, repeat=args.repeat, info=info)
+        print()
+        print("what the convolutional layer runs per image (fast kernels):")
+        print(format_fused_rows(fused))
+        rows = rows + fused
     return rows
 
 
