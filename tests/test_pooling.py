@@ -123,7 +123,7 @@ def maxpool_all(batch, c, h, w, size, stride, pad, x):
 
 
 def nasty_values(rng, n):
-    """special_values plus denormals, +-FLT_MAX, a few large finite values and +0/-0 ties."""
+    """special_values plus denormals (of both signs), FLT_MAX and more +0 to tie with -0."""
     x = special_values(rng, n)
     pick = rng.random(n)
     x[pick < .04] = np.float32(1e-45) * rng.integers(-3, 4, n)[pick < .04]   # denormals (and 0)
@@ -136,7 +136,7 @@ def nasty_values(rng, n):
 def test_maxpool_fast_equals_reference_random_shapes(seed):
     """Random geometry (odd sizes, size 1..4, stride 1..3, pad -1..4, batch 1..3) and data full
     of ties, infinities, NaN, signed zeros and denormals; some planes entirely -inf, NaN or
-    -FLT_MAX (index -1).  Widths up to 40 reach the eight-wide 2x2 paths and their tails."""
+    -FLT_MAX (index -1).  Widths up to 40 reach the eight-wide paths and their tails."""
     rng = rng_for("maxpool-random", seed)
     size = int(rng.integers(1, 5)) if seed % 3 else 2          # a third of the cases are 2x2
     stride = int(rng.integers(1, 4)) if seed % 3 else int(rng.integers(1, 3))
@@ -164,7 +164,7 @@ def test_maxpool_fast_equals_reference_random_shapes(seed):
 @pytest.mark.parametrize("w", [7, 8, 9, 16, 17, 18, 23, 33])
 def test_maxpool_fast_equals_reference_vector_widths(size, stride, pad, w):
     """Every row width around the eight-output steps (one step, steps plus an overlapping last
-    step, too narrow for a step), with ties arranged so that lanes disagree on the winner."""
+    step, too narrow for a step), on small integers (many ties), NaN and -0."""
     rng = rng_for("maxpool-widths", size, stride, pad, w)
     batch, c, h = 2, 2, 5
     if (w + pad - size) // stride < 0:
@@ -196,7 +196,7 @@ def test_maxpool_fast_equals_reference_layer_shapes(shape, values):
 
 def test_maxpool_all_losing_values_give_index_minus_one():
     """A 2x2/stride-2 plane (the vector path) of values that never beat -FLT_MAX: -inf, NaN and
-    -FLT_MAX itself give -FLT_MAX and index -1, in both implementations."""
+    -FLT_MAX itself give -FLT_MAX and index -1, in every implementation."""
     w = 32
     x = np.tile(np.array([-np.inf, np.nan, -FLT_MAX, -np.inf], np.float32), 2 * w // 4)
     for (out, idx) in maxpool_all(1, 1, 2, w, 2, 2, 0, x):
