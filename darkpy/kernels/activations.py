@@ -24,7 +24,7 @@ The enum values, ``get_activation``, ``get_activation_string``, ``activate`` and
 """
 
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding as llvm, ir
 from numba import prange, types
 from numba.extending import intrinsic
 
@@ -61,6 +61,7 @@ U = np.uint64
 LANES = 8
 _F8 = ir.VectorType(ir.FloatType(), LANES)
 _D8 = ir.VectorType(ir.DoubleType(), LANES)
+_X86 = llvm.get_process_triple().startswith(("x86_64", "i686", "i386"))
 
 
 @intrinsic
@@ -88,9 +89,10 @@ def _scale_nonpositive8(typingctx, x, i, k):
         scaled = builder.fptrunc(builder.fmul(kv, builder.fpext(v, _D8)), _F8)
         positive = builder.fcmp_ordered(">", v, ir.Constant(_F8, [0.0] * LANES))
         result = builder.select(positive, v, scaled)
-        # an empty asm statement hides that the kept lanes equal memory: LLVM would
-        # otherwise store only the scaled lanes with a (slow) masked store
-        result = builder.asm(ir.FunctionType(_F8, [_F8]), "", "=x,0", [result], False)
+        if _X86:
+            # an empty asm statement hides that the kept lanes equal memory: LLVM's x86
+            # backend would otherwise store only the scaled lanes with a (slow) masked store
+            result = builder.asm(ir.FunctionType(_F8, [_F8]), "", "=x,0", [result], False)
         builder.store(result, ptr, align=4)
         return context.get_dummy_value()
 
