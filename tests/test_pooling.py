@@ -181,7 +181,8 @@ def test_maxpool_fast_equals_reference_vector_widths(size, stride, pad, w):
 @pytest.mark.parametrize("shape", [  # batch, c, h, w, size, stride, pad of real cfgs' layers
     (1, 3, 19, 19, 5, 1, 4), (1, 3, 19, 19, 9, 1, 8), (1, 2, 19, 19, 13, 1, 12),  # yolov3-spp
     (1, 3, 27, 27, 3, 2, 0), (1, 3, 13, 13, 2, 1, 1), (2, 3, 26, 26, 2, 2, 1),      # alexnet, tiny
-    (1, 2, 11, 30, 4, 2, 3), (1, 2, 9, 31, 3, 1, 6), (1, 2, 6, 25, 5, 2, 9)])       # wide padding
+    (1, 2, 11, 30, 4, 2, 3), (1, 2, 9, 31, 3, 1, 6), (1, 2, 6, 25, 5, 2, 9),        # wide padding
+    (1, 2, 12, 30, 2, 2, -3), (1, 2, 10, 33, 3, 1, -4)])                            # negative padding
 @pytest.mark.parametrize("values", ["normal", "nasty"])
 def test_maxpool_fast_equals_reference_layer_shapes(shape, values):
     batch, c, h, w, size, stride, pad = shape
