@@ -17,33 +17,39 @@ what may not:
 
 How (the GotoBLAS layout, without the reassociation a BLAS allows itself):
 
-* C is cut into independent blocks of ``MC`` rows x ``NC`` columns, dealt out
-  to the threads with ``prange`` (never splitting K between threads).
-* Within a block, K is walked in chunks of ``KC`` **in order**; between chunks
-  the running value of each element waits in memory (C itself, or the ``sum``
-  buffer S for nt/tt), which stores the float32 exactly.  gemm_cpu's BETA step
-  is done on C's first load, before the first product is added.
-* Per chunk, the ``A_PART`` values of the block's rows are computed once and
-  packed into ``MR``-row panels (k-major), and B into ``NR``-column panels
-  (k-major, zero padded; for nt/tt by 8 x 8 transposes in registers), so the
-  micro-kernel reads both contiguously.
-* The micro-kernel keeps an ``MR x NR`` tile (4 x 16: eight 8-float AVX
-  registers) of running values in registers across the chunk: for each k one
-  broadcast of ``A_PART`` per row, one 16-float row of B, then a separate
-  vector multiply and vector add per register -- the scalar rounding sequence,
-  8 lanes at a time.  Edge tiles go through a 4 x 16 scratch tile, so padding
-  never touches the caller's memory.
+* gemm_nn / gemm_tn (every forward convolution): for each block of columns, B's
+  rows 0..K-1 are packed **once** into ``NR``-column strips (k-major, zero padded;
+  read along B's rows, or straight from the image for ``gemm_im2col``); then each
+  ``MC``-row block packs its ``A_PART`` values for all of K (``MR`` = 6 or 4-row
+  panels, k-major, 8 k at a time through 8 x 8 register transposes) and walks K
+  in chunks of ``KC`` **in order**: per chunk, strip by strip (the strip stays in
+  L1), panel by panel.  Between chunks each element's running value waits in C,
+  which stores the float32 exactly; gemm_cpu's BETA step is done on C's first
+  load.  Threads take whole column ranges (N >= M) or whole row ranges, never a
+  piece of K.
+* The gemm_nn/tn micro-kernel keeps a 6 x 16 tile (twelve 8-float AVX registers)
+  of running values in registers across a chunk: for each k one 16-float row of
+  B (two registers), one broadcast of ``A_PART`` per row, then a separate vector
+  multiply and vector add per register -- the scalar rounding sequence, 8 lanes
+  at a time.  It is emitted as LLVM IR with loop unrolling disabled: unrolled,
+  its live values outgrow the 16 registers and spill (a test reads the loop's
+  assembly).  Edge tiles go through a scratch tile, so padding never touches
+  the caller's memory.
+* gemm_nt / gemm_tt (the backward weight update): C is cut into ``SUM_MC`` x
+  ``SUM_NC`` tasks dealt out with ``prange``; each walks K in ``KC`` chunks,
+  keeping every element's float ``sum`` in a buffer between chunks, with a 4 x 16
+  micro-kernel and B transposed 8 x 8 in registers while packed.
 
 The vector operations are LLVM ``<8 x float>`` ``fmul``/``fadd`` instructions
-written with Numba intrinsics and no fast-math flags, so LLVM may not contract
-them into FMAs (tests inspect the assembly for ``vfmadd``).
+without fast-math flags, so LLVM may not contract them into FMAs (tests inspect
+the assembly for ``vfmadd``).
 
 Which NaN comes out where two NaNs meet is part of the bits too: x86 keeps the
 first operand's, and gcc's operand order is the reference's (``first_nan``).
 The vector micro-kernels leave that order to LLVM, which is harmless while only
 arithmetic makes NaNs (all the same default NaN).  Every packed panel is
 therefore checked for NaN inputs (A_PART, B, and the running C or sum), and a
-panel that has one is computed element by element in gcc's order instead.
+tile or panel that has one is computed element by element in gcc's order instead.
 """
 
 import numpy as np
@@ -62,9 +68,8 @@ from darkpy.kernels.reference.gemm import check_gemm_args, check_gemm_im2col_arg
 MR = 6
 MR4 = 4
 NR = 16
-#: gemm_nn/tn cache blocking: K chunk (a KC x NR strip of B, 16 KB, stays in L1), row block
-#: (an MC x KC block of A_PART, 96 KB, stays in L2), column block (a KC x NC block of B, 2 MB,
-#: packed once and used by every row block).
+#: gemm_nn/tn cache blocking: K chunk (a KC x NR strip of B, 16 KB, stays in L1) and row
+#: block (an MC x KC chunk of A_PART, 96 KB, stays in L2).
 KC = 256
 MC = 96
 #: B is packed for all of K, a block of columns at a time: at most B_L2 floats (L2) when
@@ -535,11 +540,11 @@ def _gemm_sum(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
 
 
 # ---------------------------------------------------------------------------
-# gemm_nn / gemm_tn, GotoBLAS's loop order.  For each NC-column block of C and
-# each KC chunk of K (in order), the block's B rows k0..k0+kc-1 are packed once
-# into NR-column strips (from B itself, or straight from the image for
-# ``gemm_im2col``); then every MC-row block packs its A_PART panels and runs
-# its tiles, strip by strip (a strip stays in L1 while the panels stream by).
+# gemm_nn / gemm_tn, GotoBLAS's loop order.  For each block of columns of C
+# (``_column_block``), B's rows 0..K-1 are packed once into NR-column strips
+# (from B itself, or straight from the image for ``gemm_im2col``); then every
+# MC-row block packs its A_PART panels for all of K and walks the KC chunks in
+# order, each strip by strip (a strip stays in L1 while the panels stream by).
 # Between chunks every element's running value waits in C as a float32.
 # ---------------------------------------------------------------------------
 
@@ -571,11 +576,12 @@ def _unroll_disabled(builder):
     return loop_id
 
 
-def _tile_intrinsic(rows):
-    """The ``rows`` x 16 micro-kernel of gemm_nn/tn as one LLVM loop (see ``_tile6``)."""
+def _tile_intrinsic(rows, mode):
+    """The ``rows`` x 16 micro-kernel of gemm_nn/tn as one LLVM loop, its start fixed to
+    ``mode`` (START_*) so that a tile does no work it does not need."""
 
-    def tile(typingctx, kc, Ap, ap, Bp, bp, T, t, ldt, start, c0, beta):
-        ints = (kc, ap, bp, t, ldt, start)
+    def tile(typingctx, kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta):
+        ints = (kc, ap, bp, t, ldt)
         if not (all(isinstance(x, types.Integer) for x in ints) and _is_f32_contig(Ap)
                 and _is_f32_contig(Bp) and _is_f32_contig(T) and c0 == types.float32
                 and beta == types.float32):
@@ -585,7 +591,7 @@ def _tile_intrinsic(rows):
             def intp(i):
                 return context.cast(builder, args[i], sig.args[i], types.intp)
 
-            kc_, ap_, bp_, t_, ldt_, start_ = (intp(i) for i in (0, 2, 4, 6, 7, 8))
+            kc_, ap_, bp_, t_, ldt_ = (intp(i) for i in (0, 2, 4, 6, 7))
             a_data = context.make_array(sig.args[1])(context, builder, args[1]).data
             b_data = context.make_array(sig.args[3])(context, builder, args[3]).data
             t_data = context.make_array(sig.args[5])(context, builder, args[5]).data
@@ -606,23 +612,26 @@ def _tile_intrinsic(rows):
             # the running values: loaded (and checked for NaN), scaled, or the constant
             offs = [builder.add(t_, builder.add(builder.mul(ldt_, const(r)), const(h)))
                     for r in range(rows) for h in (0, 8)]
-            loaded = [builder.load(vec_ptr(t_data, o), align=4) for o in offs]
-            nan = ir.Constant(i8, 0)
-            for v in loaded:
-                nan = builder.or_(nan, builder.bitcast(builder.fcmp_unordered("uno", v, v), i8))
-            is_const = builder.icmp_signed("==", start_, const(START_CONST))
-            is_scale = builder.icmp_signed("==", start_, const(START_SCALE))
-            has_nan = builder.and_(builder.icmp_unsigned("!=", nan, ir.Constant(i8, 0)),
-                                   builder.not_(is_const))
-            vbeta, vc0 = splat(args[10]), splat(args[9])
-            init = [builder.select(is_const, vc0, builder.select(is_scale, builder.fmul(v, vbeta), v))
-                    for v in loaded]
+            if mode == START_CONST:
+                init = [splat(args[8])] * (2 * rows)
+            else:
+                init = [builder.load(vec_ptr(t_data, o), align=4) for o in offs]
+                nan = ir.Constant(i8, 0)
+                for v in init:
+                    nan = builder.or_(nan, builder.bitcast(builder.fcmp_unordered("uno", v, v), i8))
+                has_nan = builder.icmp_unsigned("!=", nan, ir.Constant(i8, 0))
+                if mode == START_SCALE:  # gemm_cpu's C*BETA
+                    vbeta = splat(args[9])
+                    init = [builder.fmul(v, vbeta) for v in init]
             entry = builder.block
             header = builder.append_basic_block("tile.header")
             body = builder.append_basic_block("tile.body")
             store = builder.append_basic_block("tile.store")
             done = builder.append_basic_block("tile.done")
-            builder.cbranch(has_nan, done, header)
+            if mode == START_CONST:
+                builder.branch(header)
+            else:
+                builder.cbranch(has_nan, done, header)
 
             builder.position_at_end(header)
             k = builder.phi(ity)
@@ -658,20 +667,40 @@ def _tile_intrinsic(rows):
 
             builder.position_at_end(done)
             ok = builder.phi(ir.IntType(1))
-            ok.add_incoming(ir.Constant(ir.IntType(1), 0), entry)
+            if mode != START_CONST:
+                ok.add_incoming(ir.Constant(ir.IntType(1), 0), entry)
             ok.add_incoming(ir.Constant(ir.IntType(1), 1), store)
             return ok
 
-        return types.boolean(kc, Ap, ap, Bp, bp, T, t, ldt, start, c0, beta), codegen
+        return types.boolean(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta), codegen
 
-    tile.__name__ = f"_tile{rows}"
+    tile.__name__ = f"_tile{rows}_{mode}"
     tile.__doc__ = (f"A {rows} x 16 tile of gemm_nn/tn (see the section comment). Returns False, writing "
                     "nothing, when a loaded T value is NaN and the tile does not start from c0.")
     return intrinsic(tile)
 
 
-_tile6 = _tile_intrinsic(MR)
-_tile4 = _tile_intrinsic(MR4)
+_tile6_load, _tile6_scale, _tile6_const = (_tile_intrinsic(MR, mode) for mode in (START_LOAD, START_SCALE,
+                                                                                  START_CONST))
+_tile4_load, _tile4_scale, _tile4_const = (_tile_intrinsic(MR4, mode) for mode in (START_LOAD, START_SCALE,
+                                                                                  START_CONST))
+
+
+@kernel
+def _tile(h, start, kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta):
+    """The h-row (6 or 4) micro-kernel for this start: True when done, False (nothing written)
+    when a loaded T value is NaN."""
+    if h == MR:
+        if start == START_CONST:
+            return _tile6_const(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta)
+        if start == START_SCALE:
+            return _tile6_scale(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta)
+        return _tile6_load(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta)
+    if start == START_CONST:
+        return _tile4_const(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta)
+    if start == START_SCALE:
+        return _tile4_scale(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta)
+    return _tile4_load(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta)
 
 
 @kernel
@@ -944,20 +973,14 @@ def _accumulate_block(TA, i_lo, i_hi, j_lo, j_hi, K, alpha, A, lda, B, ldb, scal
                         if a_nan[c] or b_nan[c] or (start == START_CONST and c0 != c0):
                             done = False  # a NaN input: element by element
                         elif mr == h and nr == NR:
-                            if h == MR:
-                                done = _tile6(kc, Ap, ap, Bp, bp, C, t, ldc, start, c0, beta)
-                            else:
-                                done = _tile4(kc, Ap, ap, Bp, bp, C, t, ldc, start, c0, beta)
+                            done = _tile(h, start, kc, Ap, ap, Bp, bp, C, t, ldc, c0, beta)
                         else:  # an edge tile: run it on a zero-padded scratch copy
                             T[:] = np.float32(0)
                             if start != START_CONST:
                                 for r in range(mr):
                                     for jj in range(nr):
                                         T[r * NR + jj] = C[t + r * ldc + jj]
-                            if h == MR:
-                                done = _tile6(kc, Ap, ap, Bp, bp, T, 0, NR, start, c0, beta)
-                            else:
-                                done = _tile4(kc, Ap, ap, Bp, bp, T, 0, NR, start, c0, beta)
+                            done = _tile(h, start, kc, Ap, ap, Bp, bp, T, 0, NR, c0, beta)
                             if done:
                                 for r in range(mr):
                                     for jj in range(nr):
