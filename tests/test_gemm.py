@@ -575,17 +575,19 @@ def test_gemm_im2col_c_zero_ignores_c_and_writes_every_element():
                 assert np.isfinite(got[block]).all()
 
 
-@pytest.mark.parametrize("where", ["im", "A", "C"])
+@pytest.mark.parametrize("where", ["im", "A", "C", "nowhere"])
 def test_gemm_im2col_nan_inputs_bitwise(where):
-    """NaNs in the image, the weights or C (the default NaN and foreign payloads) keep
-    darknet's bits: panels with a NaN among their inputs go element by element."""
+    """NaNs in the image, the weights or C keep darknet's bits: the default NaN everywhere
+    (the vector path), plus foreign payloads in one operand (those tiles go element by
+    element in gcc's order)."""
     rng = np.random.default_rng([8, ord(where[0])])
     foreign = np.array([0x7FC01234, 0xFFA00001], np.uint32).view(np.float32)
     for channels, height, width, ksize, stride, pad, M in GEOMETRIES[:8]:
         im, N, K, A, lda, C, ldc = _im2col_operands(rng, channels, height, width, ksize, stride, pad, M,
                                                     make=lambda r, n: wild(r, n, nan=True))
-        buf = {"im": im, "A": A, "C": C}[where]
-        buf[rng.integers(0, buf.size, 3)] = np.concatenate([foreign, foreign[:1]])
+        if where != "nowhere":
+            buf = {"im": im, "A": A, "C": C}[where]
+            buf[rng.integers(0, buf.size, 3)] = np.concatenate([foreign, foreign[:1]])
         for c_zero in (False, True):
             got, want = run_im2col_both(im, channels, height, width, ksize, stride, pad, M, N, K, -1.3, A, lda,
                                         0.7, C, ldc, c_zero=c_zero)
@@ -650,3 +652,31 @@ def test_gemm_im2col_no_fused_multiply_add():
     asm = _asm(fast._accumulate_block, 0, 0, 4, 0, 4, 9, np.float32(1), A, 9, im, 4, True, True,
                np.float32(1), C, 4, True, 4, 4, 3, 1, 1, 4)
     assert "vmulps" in asm and "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
+
+
+@njit
+def _is_foreign_nan(x):
+    return fast.is_foreign_nan(x)
+
+
+def test_only_foreign_nans_leave_the_vector_path():
+    """The default NaN (what x86 arithmetic makes) cannot change bits through operand order,
+    so only other NaN bit patterns send a tile element by element: the packers and the
+    micro-kernel flag those and nothing else."""
+    default = X86_DEFAULT_NAN
+    foreign = np.array([0x7FC00000, 0xFFC00001, 0x7F800001], np.uint32).view(np.float32)
+    for x, flagged in [(np.float32(1), False), (np.float32(np.inf), False), (default, False)] + \
+            [(f, True) for f in foreign]:
+        assert _is_foreign_nan(x) == flagged
+        A = np.full(6 * 16, 1, np.float32)
+        A[5] = x
+        Ap = np.zeros(6 * 16 + 8, np.float32)
+        assert fast._pack_A_panel(0, np.float32(1), A, 16, 0, 6, 6, 0, 16, Ap, 0) == flagged
+        B = np.ones(16 * 40, np.float32)
+        B[3 * 40 + 17] = x
+        Bp, row = np.zeros(16 * 48, np.float32), np.zeros(48, np.float32)
+        assert fast._pack_B_chunk(False, B, 40, 0, 0, 0, 0, 0, 1, 0, 16, 0, 40, Bp, 0, row) == flagged
+        T = np.ones(6 * 16, np.float32)
+        T[37] = x
+        done = fast._tile(6, fast.START_LOAD, 16, Ap, 0, Bp, 0, T, 0, 16, np.float32(0), np.float32(1))
+        assert done == (not flagged)

@@ -47,9 +47,12 @@ the assembly for ``vfmadd``).
 Which NaN comes out where two NaNs meet is part of the bits too: x86 keeps the
 first operand's, and gcc's operand order is the reference's (``first_nan``).
 The vector micro-kernels leave that order to LLVM, which is harmless while only
-arithmetic makes NaNs (all the same default NaN).  Every packed panel is
-therefore checked for NaN inputs (A_PART, B, and the running C or sum), and a
-tile or panel that has one is computed element by element in gcc's order instead.
+arithmetic makes NaNs (all the same default NaN, 0xFFC00000: where two of them
+meet either one gives the same bits).  So the inputs (A_PART, B, and the running
+C or sum) are checked: gemm_nn/tn computes a tile or panel element by element in
+gcc's order only where an input holds a *foreign* NaN (other bits: a NaN that
+came from outside the arithmetic); gemm_nt/tt does so for any NaN input.  A
+network whose values overflowed into default NaNs keeps the vector speed.
 """
 
 import numpy as np
@@ -326,6 +329,46 @@ def vhas_nan(typingctx, v):
     return types.boolean(v), codegen
 
 
+#: The bits of the NaN that x86 arithmetic makes (0*inf, inf-inf, ...): the "real indefinite".
+DEFAULT_NAN_BITS = 0xFFC00000
+
+
+def _foreign_mask(builder, v, lanes):
+    """i1 per lane (a single i1 for a scalar, ``lanes`` = 0): NaN, with bits other than
+    DEFAULT_NAN_BITS."""
+    i32 = ir.IntType(32)
+    ity = ir.VectorType(i32, lanes) if lanes else i32
+    default = ir.Constant(ity, [DEFAULT_NAN_BITS] * lanes) if lanes else ir.Constant(i32, DEFAULT_NAN_BITS)
+    other = builder.icmp_unsigned("!=", builder.bitcast(v, ity), default)
+    return builder.and_(builder.fcmp_unordered("uno", v, v), other)
+
+
+@intrinsic
+def vhas_foreign_nan(typingctx, v):
+    """Whether a lane of ``v`` is a NaN other than the default NaN.  Where every NaN is the
+    default one, the order of the operands of + and * cannot change a result's bits."""
+    if v != float32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = builder.bitcast(_foreign_mask(builder, args[0], 8), ir.IntType(8))
+        return builder.icmp_unsigned("!=", mask, ir.Constant(ir.IntType(8), 0))
+
+    return types.boolean(v), codegen
+
+
+@intrinsic
+def is_foreign_nan(typingctx, x):
+    """Whether the float32 ``x`` is a NaN other than the default NaN."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _foreign_mask(builder, args[0], 0)
+
+    return types.boolean(x), codegen
+
+
 # ---------------------------------------------------------------------------
 # The micro-kernels: a 4 x 16 tile of running values, k in order.
 # ``Ap`` holds A_PART k-major (Ap[ap + k*MR + r]); row k of the packed B panel
@@ -562,8 +605,8 @@ START_CONST = 2
 # own, 8 lanes at a time, with A_PART(r, k) = Ap[ap + k*rows + r] broadcast and
 # B(k, jj) = Bp[bp + k*NR + jj].  They are written as LLVM IR (a plain loop of fmul/fadd
 # without fast-math flags, so never contracted into FMAs) to keep the accumulators in
-# registers: see ``_unroll_disabled``.  A tile that loads a NaN returns False and writes
-# nothing; the caller then computes it element by element.
+# registers: see ``_unroll_disabled``.  A tile that loads a foreign NaN returns False and
+# writes nothing; the caller then computes it element by element.
 
 def _unroll_disabled(builder):
     """Loop metadata ``!{self, !{"llvm.loop.unroll.disable"}}`` for a loop's back edge: LLVM's
@@ -618,7 +661,7 @@ def _tile_intrinsic(rows, mode):
                 init = [builder.load(vec_ptr(t_data, o), align=4) for o in offs]
                 nan = ir.Constant(i8, 0)
                 for v in init:
-                    nan = builder.or_(nan, builder.bitcast(builder.fcmp_unordered("uno", v, v), i8))
+                    nan = builder.or_(nan, builder.bitcast(_foreign_mask(builder, v, 8), i8))
                 has_nan = builder.icmp_unsigned("!=", nan, ir.Constant(i8, 0))
                 if mode == START_SCALE:  # gemm_cpu's C*BETA
                     vbeta = splat(args[9])
@@ -676,7 +719,7 @@ def _tile_intrinsic(rows, mode):
 
     tile.__name__ = f"_tile{rows}_{mode}"
     tile.__doc__ = (f"A {rows} x 16 tile of gemm_nn/tn (see the section comment). Returns False, writing "
-                    "nothing, when a loaded T value is NaN and the tile does not start from c0.")
+                    "nothing, when a loaded T value is a foreign NaN and the tile does not start from c0.")
     return intrinsic(tile)
 
 
@@ -689,7 +732,7 @@ _tile4_load, _tile4_scale, _tile4_const = (_tile_intrinsic(MR4, mode) for mode i
 @kernel
 def _tile(h, start, kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta):
     """The h-row (6 or 4) micro-kernel for this start: True when done, False (nothing written)
-    when a loaded T value is NaN."""
+    when a loaded T value is a foreign NaN."""
     if h == MR:
         if start == START_CONST:
             return _tile6_const(kc, Ap, ap, Bp, bp, T, t, ldt, c0, beta)
@@ -746,7 +789,7 @@ def _row8(A, row, r, mr, lda, k, alpha):
 def _pack_A_panel(TA, alpha, A, lda, i, mr, h, k0, kc, Ap, base):
     """One panel, k-major: Ap[base + k*h + r] = A_PART = op(A)(i + r, k0 + k)*ALPHA rounded once
     (gcc's operand order), for k < kc and r < h, rows r >= mr zero.  Returns whether any
-    A_PART is NaN.  For TA=0 it goes 8 k at a time, rows transposed in registers; the last
+    A_PART is a foreign NaN (``vhas_foreign_nan``).  For TA=0 it goes 8 k at a time, rows transposed in registers; the last
     store runs 8 - h floats past base + kc*h (the caller packs what lies there next).  A group
     of 8 whose products hold a NaN is redone one by one in gcc's order (``first_nan``)."""
     nan = False
@@ -757,7 +800,7 @@ def _pack_A_panel(TA, alpha, A, lda, i, mr, h, k0, kc, Ap, base):
             for r in range(mr):
                 a = get(A, (k0 + k) * lda + i + r)
                 A_PART = first_nan(a, alpha * a)
-                nan |= A_PART != A_PART
+                nan |= is_foreign_nan(A_PART)
                 put(Ap, base + k * h + r, A_PART)
         return nan
     kc8 = kc // 8 * 8
@@ -775,18 +818,19 @@ def _pack_A_panel(TA, alpha, A, lda, i, mr, h, k0, kc, Ap, base):
         vtranspose_store(Ap, base + k * h, h, v0, v1, v2, v3, v4, v5, zero, zero)
         if (vhas_nan(v0) | vhas_nan(v1) | vhas_nan(v2) | vhas_nan(v3)
                 | vhas_nan(v4) | vhas_nan(v5)):
-            nan = True
             for kk in range(k, k + 8):
                 for r in range(mr):
                     a = get(A, (i + r) * lda + k0 + kk)
-                    put(Ap, base + kk * h + r, first_nan(a, alpha * a))
+                    A_PART = first_nan(a, alpha * a)
+                    nan |= is_foreign_nan(A_PART)
+                    put(Ap, base + kk * h + r, A_PART)
     for k in range(kc8, kc):
         for r in range(h):
             A_PART = np.float32(0)
             if r < mr:
                 a = get(A, (i + r) * lda + k0 + k)
                 A_PART = first_nan(a, alpha * a)
-                nan |= A_PART != A_PART
+                nan |= is_foreign_nan(A_PART)
             put(Ap, base + k * h + r, A_PART)
     return nan
 
@@ -795,7 +839,7 @@ def _pack_A_panel(TA, alpha, A, lda, i, mr, h, k0, kc, Ap, base):
 def _pack_A_block(TA, alpha, A, lda, i0, K, npanels, pstart, pheight, prows, mpad, Ap, a_nan):
     """All of K for a block of rows: chunk c (k0 = c*KC) at Ap[k0*mpad:], its panels one after
     the other (panel p at + pstart[p]*kc, see ``_pack_A_panel``), in the order that lets each
-    panel's overrun land on one packed later.  a_nan[c]: whether chunk c has a NaN A_PART."""
+    panel's overrun land on one packed later.  a_nan[c]: whether chunk c has a foreign NaN A_PART."""
     c = 0
     for k0 in range(0, K, KC):
         kc = min(KC, K - k0)
@@ -862,7 +906,7 @@ def _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col, k
     """Rows k0..k0+kc-1 of B, columns j0..j0+nc-1, as NR-column strips: strip s, row k at
     Bp[base + s*kc*NR + k*NR], padding columns zero.  Row by row, so that B (or the image)
     is read along its rows.  ``fused``: the rows are those of darknet's column matrix, read
-    from the image B (im2col only copies floats).  Returns whether any is NaN."""
+    from the image B (im2col only copies floats).  Returns whether any is a foreign NaN."""
     nan = False
     full = nc // NR
     strips = (nc + NR - 1) // NR
@@ -877,7 +921,7 @@ def _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col, k
         for s in range(full):
             lo = vload(src, s0 + s * NR)
             hi = vload(src, s0 + s * NR + 8)
-            nan |= vhas_nan(lo) | vhas_nan(hi)
+            nan |= vhas_foreign_nan(lo) | vhas_foreign_nan(hi)
             vstore(Bp, base + s * kc * NR + k * NR, lo)
             vstore(Bp, base + s * kc * NR + k * NR + 8, hi)
         if full < strips:
@@ -886,7 +930,7 @@ def _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col, k
                 x = np.float32(0)
                 if full * NR + jj < nc:
                     x = get(src, s0 + full * NR + jj)
-                    nan |= x != x
+                    nan |= is_foreign_nan(x)
                 put(Bp, o + jj, x)
     return nan
 
@@ -970,8 +1014,8 @@ def _accumulate_block(TA, i_lo, i_hi, j_lo, j_hi, K, alpha, A, lda, B, ldb, scal
                         mr = prows[p]
                         ap = k0 * mpad + pstart[p] * kc
                         t = (i0 + pstart[p]) * ldc + j
-                        if a_nan[c] or b_nan[c] or (start == START_CONST and c0 != c0):
-                            done = False  # a NaN input: element by element
+                        if a_nan[c] or b_nan[c] or (start == START_CONST and is_foreign_nan(c0)):
+                            done = False  # a foreign NaN input: element by element
                         elif mr == h and nr == NR:
                             done = _tile(h, start, kc, Ap, ap, Bp, bp, C, t, ldc, c0, beta)
                         else:  # an edge tile: run it on a zero-padded scratch copy
