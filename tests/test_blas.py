@@ -10,7 +10,7 @@ import darkpy.kernels.blas as fast
 import darkpy.kernels.reference.blas as ref
 from darkpy.check import bitwise_equal
 from darkpy.errors import ShapeError
-from darkpy.kernels.reference.activations import ACTIVATIONS, activate
+from darkpy.kernels.reference.activations import ACTIVATIONS, LEAKY, LINEAR, LOGISTIC, RELU, activate
 
 SPECIALS = np.array([np.inf, -np.inf, np.nan, -0.0, 1e-45, -3e-39, 1e-40, 3.4e38, -3.4e38],
                     dtype=np.float32)
@@ -175,6 +175,30 @@ def test_batchnorm_forward_in_place_bitwise(batch, c, spatial):
     assert all(same(r[k], f[k]) for k in r)
     plain = run_bn(ref, s, batch, c, spatial)
     assert same(plain["output"], r["output"])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_forward_planes_longer_than_a_copy_run(in_place, train):
+    """Planes of more than ``COPY_RUN`` pixels (copied to x, then normalised from x, run by
+    run): every run boundary and the ragged last run give the reference's bits."""
+    spatial = 2 * fast.COPY_RUN + 37
+    s = bn_state(np.random.default_rng(21), 2, 3, spatial, True)
+    r = run_bn(ref, s, 2, 3, spatial, train, in_place=in_place)
+    f = run_bn(fast, s, 2, 3, spatial, train, in_place=in_place)
+    assert all(same(r[k], f[k]) for k in r)
+    for activation in (LEAKY, RELU, LINEAR, LOGISTIC):
+        results = []
+        for module in (ref, fast):
+            t = {k: v.copy() for k, v in s.items()}
+            if in_place:
+                t["output"][:] = t["input"]
+                t["input"] = t["output"]
+            module.batchnorm_forward_infer_activate(t["input"], t["output"], t["x"], t["rolling_mean"],
+                                                    t["rolling_variance"], t["scales"], t["biases"],
+                                                    2, 3, spatial, activation)
+            results.append(t)
+        assert same(results[0]["output"], results[1]["output"]) and same(results[0]["x"], results[1]["x"])
 
 
 def test_batchnorm_kernels_bitwise_random_shapes():

@@ -342,43 +342,48 @@ def _normalize_channel(input, output, x, x_norm, m, den, scale, bias, batch, out
     output = x_norm*scale (float) + bias (float).  ``x_norm`` may be None (inference).
     The products and sums are guarded (x_norm's NaN first) only when the scale or
     the bias is itself NaN: otherwise a single NaN payload can reach them.
+
+    A convolutional layer normalises its output in place (``input`` is ``output``).
+    LLVM vectorises a loop only after a run-time check that its arrays do not
+    overlap, which an in-place loop fails; so each run of ``COPY_RUN`` pixels is first
+    copied to x (darknet's copy_cpu) and then normalised *from x*, which holds the
+    same floats: both loops touch arrays that never overlap.
     """
     guard = scale != scale or bias != bias
     for b in range(batch):
         p = (b * out_c + f) * spatial
-        src = input[p:p + spatial]
-        xs = x[p:p + spatial]
-        out = output[p:p + spatial]
-        if x_norm is not None:
-            xn = x_norm[p:p + spatial]
-            if guard:
-                for k in range(spatial):
-                    v = src[k]
-                    xs[k] = v
-                    norm = np.float32(np.float64(v - m) / den)
-                    xn[k] = norm
+        for lo in range(p, p + spatial, COPY_RUN):
+            hi = min(lo + COPY_RUN, p + spatial)
+            src = input[lo:hi]
+            xs = x[lo:hi]
+            out = output[lo:hi]
+            for k in range(hi - lo):
+                xs[k] = src[k]
+            if x_norm is not None:
+                xn = x_norm[lo:hi]
+                if guard:
+                    for k in range(hi - lo):
+                        norm = np.float32(np.float64(xs[k] - m) / den)
+                        xn[k] = norm
+                        scaled = first_nan(norm, norm * scale)
+                        out[k] = first_nan(scaled, scaled + bias)
+                else:
+                    for k in range(hi - lo):
+                        norm = np.float32(np.float64(xs[k] - m) / den)
+                        xn[k] = norm
+                        out[k] = norm * scale + bias
+            elif guard:
+                for k in range(hi - lo):
+                    norm = np.float32(np.float64(xs[k] - m) / den)
                     scaled = first_nan(norm, norm * scale)
                     out[k] = first_nan(scaled, scaled + bias)
             else:
-                for k in range(spatial):
-                    v = src[k]
-                    xs[k] = v
-                    norm = np.float32(np.float64(v - m) / den)
-                    xn[k] = norm
-                    out[k] = norm * scale + bias
-        elif guard:
-            for k in range(spatial):
-                v = src[k]
-                xs[k] = v
-                norm = np.float32(np.float64(v - m) / den)
-                scaled = first_nan(norm, norm * scale)
-                out[k] = first_nan(scaled, scaled + bias)
-        else:
-            for k in range(spatial):
-                v = src[k]
-                xs[k] = v
-                norm = np.float32(np.float64(v - m) / den)
-                out[k] = norm * scale + bias
+                for k in range(hi - lo):
+                    out[k] = np.float32(np.float64(xs[k] - m) / den) * scale + bias
+
+
+#: Pixels copied to ``x`` and then normalised from it, per step (stays in L1).
+COPY_RUN = 1024
 
 
 @kernel
@@ -548,28 +553,29 @@ def batchnorm_forward_infer_activate(input, output, x, rolling_mean, rolling_var
 @kernel
 def _normalize_activate_channel(input, output, x, m, den, scale, bias, batch, out_c, spatial, f, activation):
     """One channel of ``_normalize_channel`` (inference; scale and bias not NaN, so one NaN
-    payload at most reaches each operation) with the activation applied plane by plane
-    while the plane is in L1: RELU inside the loop (the division-bound loop hides its
-    float multiply), any other activation by ``activate_range`` over the plane just
-    written (inside the loop, LEAKY's double conversions slow the division-bound loop
-    down more than a second pass over L1 costs)."""
+    payload at most reaches each operation) with the activation applied run by run
+    (``COPY_RUN`` pixels) while the run is in L1: RELU inside the loop (the
+    division-bound loop hides its float multiply), any other activation by
+    ``activate_range`` over the run just written (inside the loop, LEAKY's double
+    conversions slow the division-bound loop down more than a second pass over L1
+    costs)."""
     for b in range(batch):
         p = (b * out_c + f) * spatial
-        src = input[p:p + spatial]
-        xs = x[p:p + spatial]
-        out = output[p:p + spatial]
-        if activation == RELU:
-            for k in range(spatial):
-                v = src[k]
-                xs[k] = v
-                out[k] = relu_activate(np.float32(np.float64(v - m) / den) * scale + bias)
-        else:
-            for k in range(spatial):
-                v = src[k]
-                xs[k] = v
-                out[k] = np.float32(np.float64(v - m) / den) * scale + bias
-            if activation != LINEAR:
-                activate_range(output, p, p + spatial, activation)
+        for lo in range(p, p + spatial, COPY_RUN):   # copy, then normalise from x: see _normalize_channel
+            hi = min(lo + COPY_RUN, p + spatial)
+            src = input[lo:hi]
+            xs = x[lo:hi]
+            out = output[lo:hi]
+            for k in range(hi - lo):
+                xs[k] = src[k]
+            if activation == RELU:
+                for k in range(hi - lo):
+                    out[k] = relu_activate(np.float32(np.float64(xs[k] - m) / den) * scale + bias)
+            else:
+                for k in range(hi - lo):
+                    out[k] = np.float32(np.float64(xs[k] - m) / den) * scale + bias
+                if activation != LINEAR:
+                    activate_range(output, lo, hi, activation)
 
 
 # ---------------------------------------------------------------- batchnorm backward
