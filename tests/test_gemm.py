@@ -351,7 +351,9 @@ def test_no_fused_multiply_add_in_generated_code():
     asm = _asm(fast._tile_sum, 8, Ap, 0, Bp, T, 0, 16)
     assert "vmulps" in asm and "vaddps" in asm
     assert "fmadd" not in asm and "fmsub" not in asm and "fnmadd" not in asm
-    asm = _asm(fast._sum_tasks, 0, 1, 1, 0, 4, 4, 4, np.float32(1), A, 4, B, 4, True, np.float32(1), C, 4)
+    # gemm_nt/tt's tasks, the image packer of gemm_nt_im2col compiled in (a runtime flag)
+    asm = _asm(fast._sum_tasks, 0, 1, 1, 0, 4, 4, 4, np.float32(1), A, 4, B, 4, True, np.float32(1), C, 4,
+               False, 0, 0, 0, 0, 0, 1)
     assert "fmadd" not in asm and "fmsub" not in asm
     for name in ("gemm_nn", "gemm_nt"):
         asm = _asm(getattr(ref, name), 4, 4, 4, np.float32(1), A, 4, B, 4, C, 4)
@@ -680,3 +682,74 @@ def test_only_foreign_nans_leave_the_vector_path():
         T[37] = x
         done = fast._tile(6, fast.START_LOAD, 16, Ap, 0, Bp, 0, T, 0, 16, np.float32(0), np.float32(1))
         assert done == (not flagged)
+
+
+# ---------------------------------------------------------------- gemm_nt_im2col (fused im2col + gemm_nt)
+
+def _nt_operands(rng, channels, height, width, ksize, stride, pad, M, make=plain, off=0, pad_a=0, pad_c=0):
+    """A = the layer's delta (M x K, K = out_h*out_w), C = weight_updates (M x N, N = c*ksize^2)."""
+    out_h, out_w = ref_out_size(height, ksize, stride, pad), ref_out_size(width, ksize, stride, pad)
+    K, N = out_h * out_w, channels * ksize * ksize
+    im = make(rng, off + channels * height * width + 3)[off:]
+    lda, ldc = K + pad_a, N + pad_c
+    A = make(rng, off + M * lda + 2)[off:]
+    C = make(rng, off + M * ldc + 1)[off:]
+    return im, N, K, A, lda, C, ldc
+
+
+def run_nt_both(M, N, K, ALPHA, A, lda, im, geometry, BETA, C, ldc):
+    want, got = C.copy(), C.copy()
+    ref.gemm_nt_im2col(M, N, K, ALPHA, A, lda, im, *geometry, BETA, want, ldc)
+    fast.gemm_nt_im2col(M, N, K, ALPHA, A, lda, im, *geometry, BETA, got, ldc)
+    return got, want
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_gemm_nt_im2col_equals_im2col_then_gemm_nt(geometry):
+    """The weight-update gemm(0,1) with B built from the image, against im2col_cpu + gemm,
+    bitwise, plain and wild data (NaN included: the default NaN and a foreign one)."""
+    channels, height, width, ksize, stride, pad, M = geometry
+    rng = np.random.default_rng([21, *geometry])
+    foreign = np.array([0x7FC01234], np.uint32).view(np.float32)
+    for make in (plain, wild, lambda r, n: wild(r, n, nan=True)):
+        for ALPHA, BETA in ((1.0, 1.0), (-1.3, 0.7)):
+            im, N, K, A, lda, C, ldc = _nt_operands(rng, channels, height, width, ksize, stride, pad, M, make=make)
+            if make is not plain and make is not wild:
+                im[rng.integers(0, im.size)] = foreign[0]
+            got, want = run_nt_both(M, N, K, ALPHA, A, lda, im, geometry[:6], BETA, C, ldc)
+            assert_bitwise(got, want)
+
+
+def test_gemm_nt_im2col_views_threads_and_errors():
+    """Views with longer rows (floats between rows untouched), a shape big enough for the
+    threaded path, and the argument checks of both twins."""
+    import numba
+    rng = np.random.default_rng(22)
+    for geometry in GEOMETRIES[:5]:
+        im, N, K, A, lda, C, ldc = _nt_operands(rng, *geometry, off=5, pad_a=3, pad_c=7)
+        before = C.copy()
+        M = geometry[-1]
+        got, want = run_nt_both(M, N, K, 1.0, A, lda, im, geometry[:6], 1.0, C, ldc)
+        assert_bitwise(got, want)
+        untouched = np.ones(C.size, bool)
+        for i in range(M):
+            untouched[i * ldc:i * ldc + N] = False
+        assert_bitwise(got[untouched], before[untouched])
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        geometry = (16, 30, 33, 3, 1, 1, 70)
+        im, N, K, A, lda, C, ldc = _nt_operands(rng, *geometry)
+        assert 70 * N * K >= fast.PARALLEL_WORK and 70 > fast.SUM_MC  # several tasks
+        got, want = run_nt_both(70, N, K, 1.0, A, lda, im, geometry[:6], 1.0, C, ldc)
+        assert_bitwise(got, want)
+    finally:
+        numba.set_num_threads(saved)
+    im, N, K, A, lda, C, ldc = _nt_operands(rng, 3, 7, 5, 3, 1, 1, 5)
+    for module in (ref, fast):
+        for args, word in (((5, N + 1, K), "column matrix"), ((5, N, K - 1), "column matrix"),
+                           ((9, N, K), "A holds"), ((-1, N, K), "negative")):
+            with pytest.raises(DarkpyError, match=word):
+                module.gemm_nt_im2col(*args, 1.0, A, lda, im, 3, 7, 5, 3, 1, 1, 1.0, C, ldc)
+        with pytest.raises(DarkpyError, match="ldc"):
+            module.gemm_nt_im2col(5, N, K, 1.0, A, lda, im, 3, 7, 5, 3, 1, 1, 1.0, C, N - 1)

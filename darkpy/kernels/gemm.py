@@ -63,7 +63,8 @@ from numba.extending import intrinsic, models, register_model
 from darkpy.errors import DarkpyError
 from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.blas import first_nan
-from darkpy.kernels.reference.gemm import check_gemm_args, check_gemm_im2col_args
+from darkpy.kernels.reference.gemm import (check_gemm_args, check_gemm_im2col_args,
+                                          check_gemm_nt_im2col_args)
 
 #: gemm_nn/tn micro-kernel: MR rows x NR columns of C in registers (6 x 2 vectors of 8: twelve
 #: accumulators, two B vectors and one broadcast fill 15 of the 16 AVX registers); row panels
@@ -526,13 +527,17 @@ def _panel_sum_exact(kc, Ap, Bp, S, s, lds, mc):
 # ---------------------------------------------------------------------------
 
 @kernel
-def _sum_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc):
+def _sum_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc,
+               fused, height, width, ksize, stride, pad, width_col):
     """Blocks t0..t1-1 of gemm_nt (TA=0) / gemm_tt (TA=1): per element a float ``sum`` from
-    +0 over k in order (kept in S between K chunks), then C *= BETA (when ``scale``), C += sum."""
+    +0 over k in order (kept in S between K chunks), then C *= BETA (when ``scale``), C += sum.
+    ``fused``: op(B) = columns^T with ``columns`` the im2col matrix of the image B
+    (``gemm_nt_im2col``), read from the image."""
     lds = (SUM_NC + NR - 1) // NR * NR
     S = np.empty(SUM_MC * lds, np.float32)
     Ap = np.empty(SUM_MC * KC, np.float32)
     Bp = np.empty(KC * NR, np.float32)
+    rows = np.empty(NR * KC if fused else 0, np.float32)
     for task in range(t0, t1):
         i0 = (task // ntasks) * SUM_MC
         j0 = (task % ntasks) * SUM_NC
@@ -545,7 +550,11 @@ def _sum_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, 
             a_nan = _pack_A(TA, alpha, A, lda, i0, mc, k0, kc, Ap)
             for j in range(j0, j0 + nc, NR):
                 nr = min(NR, j0 + nc - j)
-                b_nan = _pack_B(1, B, ldb, k0, kc, j, nr, Bp)
+                if fused:
+                    b_nan = _pack_B_im2col_t(B, height, width, ksize, stride, pad, width_col, k0, kc, j, nr,
+                                             Bp, rows)
+                else:
+                    b_nan = _pack_B(1, B, ldb, k0, kc, j, nr, Bp)
                 if a_nan or b_nan or _block_has_nan(S, j - j0, lds, mc, NR):
                     _panel_sum_exact(kc, Ap, Bp, S, j - j0, lds, mc)
                     continue
@@ -561,25 +570,27 @@ def _sum_tasks(t0, t1, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, 
 
 
 @pkernel
-def _sum_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc):
+def _sum_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc,
+                  fused, height, width, ksize, stride, pad, width_col):
     """The blocks of gemm_nt / gemm_tt dealt out among the threads."""
     workers = min(WORKERS, tasks)
     for w in prange(workers):
         _sum_tasks(w * tasks // workers, (w + 1) * tasks // workers, ntasks,
-                   TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+                   TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc, fused, height, width, ksize, stride, pad, width_col)
 
 
 @kernel
-def _gemm_sum(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc):
+def _gemm_sum(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc,
+              fused, height, width, ksize, stride, pad, width_col):
     """gemm_nt (TA=0) / gemm_tt (TA=1) over all of C, like ``_gemm_accumulate``."""
     alpha = np.float32(ALPHA)
     beta = np.float32(BETA)
     ntasks = (N + SUM_NC - 1) // SUM_NC
     tasks = ((M + SUM_MC - 1) // SUM_MC) * ntasks
     if tasks == 1 or M * N * max(K, 1) < PARALLEL_WORK:
-        _sum_tasks(0, tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+        _sum_tasks(0, tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc, fused, height, width, ksize, stride, pad, width_col)
     else:
-        _sum_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc)
+        _sum_parallel(tasks, ntasks, TA, M, N, K, alpha, A, lda, B, ldb, scale, beta, C, ldc, fused, height, width, ksize, stride, pad, width_col)
 
 
 # ---------------------------------------------------------------------------
@@ -861,8 +872,8 @@ def _column_block(m, n, K):
 
 
 @kernel
-def _im2col_row(im, height, width, ksize, stride, pad, width_col, c, j0, nc, row):
-    """row[q] = element (c, j0 + q) of darknet's column matrix for q < nc, read from the image:
+def _im2col_row(im, height, width, ksize, stride, pad, width_col, c, j0, nc, row, o):
+    """row[o + q] = element (c, j0 + q) of darknet's column matrix for q < nc, read from the image:
     channel c_im, tap (h_offset, w_offset) of row c; output position (h, w) of column j sees
     pixel (h_offset + h*stride - pad, w_offset + w*stride - pad), 0 outside the image."""
     w_offset = c % ksize
@@ -881,21 +892,21 @@ def _im2col_row(im, height, width, ksize, stride, pad, width_col, c, j0, nc, row
         pixel_row = h_offset + h * stride - pad
         if pixel_row < 0 or pixel_row >= height:
             for x in range(q, q + count):
-                put(row, x, np.float32(0))
+                put(row, o + x, np.float32(0))
         else:
             src = width * (pixel_row + height * c_im) + off
             lo = min(max(w, w_in), w + count)
             hi = max(min(w + count, w_out), lo)
             for x in range(w, lo):
-                put(row, q + x - w, np.float32(0))
+                put(row, o + q + x - w, np.float32(0))
             if stride == 1:
                 for x in range(lo, hi):
-                    put(row, q + x - w, get(im, src + x))
+                    put(row, o + q + x - w, get(im, src + x))
             else:
                 for x in range(lo, hi):
-                    put(row, q + x - w, get(im, src + x * stride))
+                    put(row, o + q + x - w, get(im, src + x * stride))
             for x in range(hi, w + count):
-                put(row, q + x - w, np.float32(0))
+                put(row, o + q + x - w, np.float32(0))
         q += count
         h += 1
         w = 0
@@ -912,7 +923,7 @@ def _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col, k
     strips = (nc + NR - 1) // NR
     for k in range(kc):
         if fused:
-            _im2col_row(B, height, width, ksize, stride, pad, width_col, k0 + k, j0, nc, row)
+            _im2col_row(B, height, width, ksize, stride, pad, width_col, k0 + k, j0, nc, row, 0)
             src = row
             s0 = 0
         else:
@@ -933,6 +944,30 @@ def _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col, k
                     nan |= is_foreign_nan(x)
                 put(Bp, o + jj, x)
     return nan
+
+
+@kernel
+def _pack_B_im2col_t(im, height, width, ksize, stride, pad, width_col, k0, kc, j, nr, Bp, rows):
+    """``_pack_B``'s transposed strip for gemm_nt when B is darknet's column matrix (stored
+    channels*ksize*ksize rows x out_h*out_w): Bp[k*NR + jj] = columns(j + jj, k0 + k), zero
+    for jj >= nr, built from the image -- the strip's nr rows of the column matrix into
+    ``rows`` (nr x kc), then 8 x 8 transposes in registers.  Returns whether any is NaN."""
+    if nr < NR:
+        Bp[:kc * NR] = np.float32(0)
+    for jj in range(nr):
+        _im2col_row(im, height, width, ksize, stride, pad, width_col, j + jj, k0, kc, rows, jj * kc)
+    k8 = kc // 8 * 8
+    j8 = nr // 8 * 8
+    for jj in range(0, j8, 8):
+        for k in range(0, k8, 8):
+            transpose8x8(rows, jj * kc + k, kc, Bp, k * NR + jj, NR)
+    for jj in range(j8):
+        for k in range(k8, kc):
+            put(Bp, k * NR + jj, get(rows, jj * kc + k))
+    for jj in range(j8, nr):
+        for k in range(kc):
+            put(Bp, k * NR + jj, get(rows, jj * kc + k))
+    return _any_nan(Bp, kc * NR)
 
 
 @kernel
@@ -1089,7 +1124,8 @@ def gemm_cpu(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
     """darknet's ``gemm_cpu``: C = BETA*C + ALPHA*op(A)*op(B) in darknet's per-element order."""
     ta = 1 if TA else 0
     if TB:
-        _gemm_sum(ta, M, N, K, np.float32(ALPHA), A, lda, B, ldb, True, np.float32(BETA), C, ldc)
+        _gemm_sum(ta, M, N, K, np.float32(ALPHA), A, lda, B, ldb, True, np.float32(BETA), C, ldc,
+                  False, 0, 0, 0, 0, 0, 1)
     else:
         _gemm_accumulate(ta, M, N, K, np.float32(ALPHA), A, lda, B, ldb, True, False, np.float32(BETA), C, ldc,
                          False, 0, 0, 0, 0, 0, 1, get_num_threads())
@@ -1109,12 +1145,14 @@ def gemm_tn(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
 
 def gemm_nt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
     """darknet's ``gemm_nt``: C += sum_k ALPHA*A*B^T (no BETA step)."""
-    _gemm_sum(0, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc)
+    _gemm_sum(0, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc,
+              False, 0, 0, 0, 0, 0, 1)
 
 
 def gemm_tt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc):
     """darknet's ``gemm_tt``: C += sum_k ALPHA*A^T*B^T (no BETA step)."""
-    _gemm_sum(1, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc)
+    _gemm_sum(1, M, N, K, np.float32(ALPHA), A, lda, B, ldb, False, np.float32(1), C, ldc,
+              False, 0, 0, 0, 0, 0, 1)
 
 
 def gemm_im2col(im, channels, height, width, ksize, stride, pad, M, N, K, ALPHA, A, lda, BETA, C, ldc,
@@ -1133,3 +1171,18 @@ def gemm_im2col(im, channels, height, width, ksize, stride, pad, M, N, K, ALPHA,
     _gemm_accumulate(0, int(M), int(N), int(K), np.float32(ALPHA), A, int(lda), im, int(N), True, bool(c_zero),
                      np.float32(BETA), C, int(ldc), True, int(height), int(width), int(ksize), int(stride),
                      int(pad), int(width_col), get_num_threads())
+
+
+def gemm_nt_im2col(M, N, K, ALPHA, A, lda, im, channels, height, width, ksize, stride, pad, BETA, C, ldc):
+    """darknet's ``im2col_cpu(im, ...)`` into a column matrix followed by
+    ``gemm(0,1, M, N, K, ALPHA, A, lda, columns, K, BETA, C, ldc)`` (the convolution's weight
+    update: N = channels*ksize*ksize, K = out_h*out_w), without the column matrix: each
+    transposed strip of B is built from the image (im2col only copies floats).  Arguments
+    checked as ``reference.gemm.gemm_nt_im2col``."""
+    height_col, width_col = check_gemm_nt_im2col_args(M, N, K, A, lda, im, channels, height, width, ksize,
+                                                      stride, pad, C, ldc)
+    for name, buf in (("im", im), ("A", A), ("C", C)):
+        if not buf.flags.c_contiguous:
+            raise DarkpyError(f"gemm_nt_im2col: {name} must be contiguous (a flat buffer or a slice of one)")
+    _gemm_sum(0, int(M), int(N), int(K), np.float32(ALPHA), A, int(lda), im, int(K), True, np.float32(BETA), C,
+              int(ldc), True, int(height), int(width), int(ksize), int(stride), int(pad), int(width_col))

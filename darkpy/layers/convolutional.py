@@ -303,10 +303,20 @@ def forward(l, net):
 
 
 def backward(l, net):
-    """darknet's ``backward_convolutional_layer``."""
+    """darknet's ``backward_convolutional_layer``.
+
+    With the fast kernels, a layer with size > 1 and no ``net.delta`` (the first layer)
+    computes the weight update with ``gemm_nt_im2col``: darknet's im2col_cpu + gemm(0,1)
+    without the column matrix in ``net.workspace``.  Where net.delta exists the column
+    matrix is still written, because darknet's delta step, gemm(1,0) with BETA 0 into the
+    workspace, starts from ``columns*0``: -0 for a negative column element, NaN for inf,
+    which can show in net.delta's bits.
+    """
     _check_net(l, net, need_delta=True)
     blas = family("blas")
-    gemm = family("gemm").gemm
+    gemm_family = family("gemm")
+    gemm = gemm_family.gemm
+    fused = active() == "fast" and l.size != 1 and net.delta is None
     im2col = family("im2col")
     m = l.n // l.groups
     n = l.size * l.size * l.c // l.groups
@@ -329,10 +339,13 @@ def backward(l, net):
 
             if l.size == 1:
                 b = im
+                gemm(0, 1, m, n, k, 1, a, k, b, k, 1, c, n)
+            elif fused:  # the same gemm(0,1), B's strips built from the input image
+                gemm_family.gemm_nt_im2col(m, n, k, 1, a, k, im, l.c // l.groups, l.h, l.w, l.size, l.stride,
+                                           l.pad, 1, c, n)
             else:
                 im2col.im2col_cpu(im, l.c // l.groups, l.h, l.w, l.size, l.stride, l.pad, b)
-
-            gemm(0, 1, m, n, k, 1, a, k, b, k, 1, c, n)
+                gemm(0, 1, m, n, k, 1, a, k, b, k, 1, c, n)
 
             if net.delta is not None:
                 imd = net.delta[(i * l.groups + j) * group_in:]

@@ -165,40 +165,41 @@ def gemm_cpu(TA, TB, M, N, K, ALPHA, A, lda, B, ldb, BETA, C, ldc):
         gemm_tt(M, N, K, ALPHA, A, lda, B, ldb, C, ldc)
 
 
-def check_gemm_im2col_args(im, channels, height, width, ksize, stride, pad, M, N, K, A, lda, C, ldc):
+def check_gemm_im2col_args(im, channels, height, width, ksize, stride, pad, M, N, K, A, lda, C, ldc,
+                           name="gemm_im2col", check_matrices=True):
     """Raise ``DarkpyError`` unless ``gemm_im2col``'s sizes agree (K = channels*ksize*ksize
     rows and N = out_h*out_w columns of the column matrix) and every element it reads or
     writes lies inside ``im``, A and C.  Returns (out_h, out_w)."""
     from darkpy.kernels.reference.im2col import out_size
-    for name, buf in (("im", im), ("A", A), ("C", C)):
+    for what, buf in (("im", im), ("A", A), ("C", C)):
         if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
-            raise DarkpyError(f"gemm_im2col: {name} must be a 1-D float32 array, got "
+            raise DarkpyError(f"{name}: {what} must be a 1-D float32 array, got "
                               f"{getattr(buf, 'dtype', type(buf).__name__)} "
                               f"with shape {getattr(buf, 'shape', None)}")
     if channels < 0 or height < 1 or width < 1 or ksize < 1 or stride < 1 or pad < 0:
-        raise DarkpyError(f"gemm_im2col: bad sizes channels={channels} height={height} width={width} "
+        raise DarkpyError(f"{name}: bad sizes channels={channels} height={height} width={width} "
                           f"ksize={ksize} stride={stride} pad={pad}")
     height_col = out_size(height, ksize, stride, pad)
     width_col = out_size(width, ksize, stride, pad)
     if height_col < 1 or width_col < 1:
-        raise DarkpyError(f"gemm_im2col: a {ksize}x{ksize} kernel with pad {pad} does not fit a "
+        raise DarkpyError(f"{name}: a {ksize}x{ksize} kernel with pad {pad} does not fit a "
                           f"{height}x{width} image")
     if K != channels * ksize * ksize or N != height_col * width_col:
-        raise DarkpyError(f"gemm_im2col: K={K} N={N}, but the column matrix of {channels} channels and a "
-                          f"{ksize}x{ksize} kernel has {channels * ksize * ksize} rows of "
-                          f"{height_col * width_col} columns")
+        raise DarkpyError(f"{name}: the column matrix of {channels} channels and a {ksize}x{ksize} kernel "
+                          f"has {channels * ksize * ksize} rows of {height_col * width_col} columns, "
+                          f"not {K} x {N}")
     if im.shape[0] < channels * height * width:
-        raise DarkpyError(f"gemm_im2col: im holds {im.shape[0]} floats, needs {channels * height * width}")
+        raise DarkpyError(f"{name}: im holds {im.shape[0]} floats, needs {channels * height * width}")
     if M < 0:
-        raise DarkpyError(f"gemm_im2col: negative size M={M}")
-    for name, buf, cols, ld in (("A", A, K, lda), ("C", C, N, ldc)):
+        raise DarkpyError(f"{name}: negative size M={M}")
+    for what, buf, cols, ld in ((("A", A, K, lda), ("C", C, N, ldc)) if check_matrices else ()):
         if M == 0 or cols == 0:
             continue
         if ld < cols:
-            raise DarkpyError(f"gemm_im2col: ld{name.lower()}={ld} is shorter than a row of {name} ({cols})")
+            raise DarkpyError(f"{name}: ld{what.lower()}={ld} is shorter than a row of {what} ({cols})")
         need = (M - 1) * ld + cols
         if buf.shape[0] < need:
-            raise DarkpyError(f"gemm_im2col: {name} holds {buf.shape[0]} floats, a {M}x{cols} matrix "
+            raise DarkpyError(f"{name}: {what} holds {buf.shape[0]} floats, a {M}x{cols} matrix "
                               f"with leading dimension {ld} needs {need}")
     return height_col, width_col
 
@@ -218,3 +219,40 @@ def gemm_im2col(im, channels, height, width, ksize, stride, pad, M, N, K, ALPHA,
     columns = np.empty(K * N, np.float32)
     im2col_cpu(im, channels, height, width, ksize, stride, pad, columns)
     gemm(0, 0, M, N, K, ALPHA, A, lda, columns, N, BETA, C, ldc)
+
+
+def check_gemm_nt_im2col_args(M, N, K, A, lda, im, channels, height, width, ksize, stride, pad, C, ldc):
+    """Raise ``DarkpyError`` unless ``gemm_nt_im2col``'s sizes agree (N = channels*ksize*ksize
+    rows and K = out_h*out_w columns of the column matrix) and every element it reads or
+    writes lies inside A (M x K), ``im`` and C (M x N).  Returns (out_h, out_w)."""
+    # the same checks as gemm_im2col's with the roles of N and K swapped: A is M x K, C is M x N
+    height_col, width_col = check_gemm_im2col_args(im, channels, height, width, ksize, stride, pad,
+                                                   M, K, N, np.zeros(0, np.float32), 1,
+                                                   np.zeros(0, np.float32), 1, name="gemm_nt_im2col",
+                                                   check_matrices=False)
+    for name, buf, cols, ld in (("A", A, K, lda), ("C", C, N, ldc)):
+        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
+            raise DarkpyError(f"gemm_nt_im2col: {name} must be a 1-D float32 array, got "
+                              f"{getattr(buf, 'dtype', type(buf).__name__)} "
+                              f"with shape {getattr(buf, 'shape', None)}")
+        if M == 0 or cols == 0:
+            continue
+        if ld < cols:
+            raise DarkpyError(f"gemm_nt_im2col: ld{name.lower()}={ld} is shorter than a row of {name} ({cols})")
+        need = (M - 1) * ld + cols
+        if buf.shape[0] < need:
+            raise DarkpyError(f"gemm_nt_im2col: {name} holds {buf.shape[0]} floats, a {M}x{cols} matrix "
+                              f"with leading dimension {ld} needs {need}")
+    return height_col, width_col
+
+
+def gemm_nt_im2col(M, N, K, ALPHA, A, lda, im, channels, height, width, ksize, stride, pad, BETA, C, ldc):
+    """What darknet's convolution backward does for the weight update of one image:
+    ``im2col_cpu`` of ``im`` into a column matrix (darknet's ``net.workspace``), then
+    ``gemm(0,1, M, N, K, ALPHA, A, lda, columns, K, BETA, C, ldc)`` with N = channels*ksize*ksize
+    and K = out_h*out_w.  The oracle of ``darkpy.kernels.gemm.gemm_nt_im2col``."""
+    from darkpy.kernels.reference.im2col import im2col_cpu
+    check_gemm_nt_im2col_args(M, N, K, A, lda, im, channels, height, width, ksize, stride, pad, C, ldc)
+    columns = np.empty(N * K, np.float32)
+    im2col_cpu(im, channels, height, width, ksize, stride, pad, columns)
+    gemm(0, 1, M, N, K, ALPHA, A, lda, columns, K, BETA, C, ldc)
