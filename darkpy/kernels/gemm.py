@@ -1031,7 +1031,8 @@ def _accumulate_block(TA, i_lo, i_hi, j_lo, j_hi, K, alpha, A, lda, B, ldb, scal
             mc = min(MC, i_hi - i0)
             npanels = _row_panels(mc, pstart, pheight, prows)
             mpad = pstart[npanels - 1] + pheight[npanels - 1]
-            _pack_A_block(TA, alpha, A, lda, i0, K, npanels, pstart, pheight, prows, mpad, Ap, a_nan)
+            if j0 == j_lo or i_hi - i_lo > MC:  # (a single row block keeps its A_PART across columns)
+                _pack_A_block(TA, alpha, A, lda, i0, K, npanels, pstart, pheight, prows, mpad, Ap, a_nan)
             for c in range(chunks):
                 k0 = c * KC
                 kc = min(KC, K - k0)
