@@ -73,9 +73,9 @@ MR = 6
 MR4 = 4
 NR = 16
 #: gemm_nn/tn cache blocking: K chunk (a KC x NR strip of B, 16 KB, stays in L1) and row
-#: block (an MC x KC chunk of A_PART, 96 KB, stays in L2).
+#: block (an MC x KC chunk of A_PART, 132 KB, stays in L2; 128 filters make one block).
 KC = 256
-MC = 96
+MC = 132
 #: B is packed for all of K, a block of columns at a time: at most B_L2 floats (L2) when
 #: a single row block uses the block, B_L3 (a share of L3) when several do.
 B_L2 = 1 << 16
