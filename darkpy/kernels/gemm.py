@@ -22,8 +22,8 @@ How (the GotoBLAS layout, without the reassociation a BLAS allows itself):
   read along B's rows, or straight from the image for ``gemm_im2col``); then each
   ``MC``-row block packs its ``A_PART`` values for all of K (``MR`` = 6 or 4-row
   panels, k-major, 8 k at a time through 8 x 8 register transposes) and walks K
-  in chunks of ``KC`` **in order**: per chunk, strip by strip (the strip stays in
-  L1), panel by panel.  Between chunks each element's running value waits in C,
+  in equal chunks of at most ``KC`` **in order**: per chunk, strip by strip (the
+  strip stays in L1), panel by panel.  Between chunks each element's running value waits in C,
   which stores the float32 exactly; gemm_cpu's BETA step is done on C's first
   load.  Threads take whole column ranges (N >= M) or whole row ranges, never a
   piece of K.
@@ -597,7 +597,7 @@ def _gemm_sum(TA, M, N, K, ALPHA, A, lda, B, ldb, scale, BETA, C, ldc,
 # gemm_nn / gemm_tn, GotoBLAS's loop order.  For each block of columns of C
 # (``_column_block``), B's rows 0..K-1 are packed once into NR-column strips
 # (from B itself, or straight from the image for ``gemm_im2col``); then every
-# MC-row block packs its A_PART panels for all of K and walks the KC chunks in
+# MC-row block packs its A_PART panels for all of K and walks the K chunks in
 # order, each strip by strip (a strip stays in L1 while the panels stream by).
 # Between chunks every element's running value waits in C as a float32.
 # ---------------------------------------------------------------------------
@@ -847,13 +847,13 @@ def _pack_A_panel(TA, alpha, A, lda, i, mr, h, k0, kc, Ap, base):
 
 
 @kernel
-def _pack_A_block(TA, alpha, A, lda, i0, K, npanels, pstart, pheight, prows, mpad, Ap, a_nan):
-    """All of K for a block of rows: chunk c (k0 = c*KC) at Ap[k0*mpad:], its panels one after
+def _pack_A_block(TA, alpha, A, lda, i0, K, kcb, npanels, pstart, pheight, prows, mpad, Ap, a_nan):
+    """All of K for a block of rows: chunk c (k0 = c*kcb) at Ap[k0*mpad:], its panels one after
     the other (panel p at + pstart[p]*kc, see ``_pack_A_panel``), in the order that lets each
     panel's overrun land on one packed later.  a_nan[c]: whether chunk c has a foreign NaN A_PART."""
     c = 0
-    for k0 in range(0, K, KC):
-        kc = min(KC, K - k0)
+    for k0 in range(0, K, kcb):
+        kc = min(kcb, K - k0)
         nan = False
         for p in range(npanels):
             nan |= _pack_A_panel(TA, alpha, A, lda, i0 + pstart[p], prows[p], pheight[p], k0, kc, Ap,
@@ -1000,6 +1000,7 @@ def _accumulate_block(TA, i_lo, i_hi, j_lo, j_hi, K, alpha, A, lda, B, ldb, scal
     if i_hi <= i_lo or j_hi <= j_lo:
         return
     chunks = (K + KC - 1) // KC
+    kcb = (K + max(chunks, 1) - 1) // max(chunks, 1)  # equal chunks of at most KC: no short last one
     ncb = _column_block(i_hi - i_lo, j_hi - j_lo, K)
     Bp = np.empty(max(K, 1) * ncb, np.float32)
     Ap = np.empty((MC + MR) * max(K, 1) + 8, np.float32)  # + the last panel's overrun
@@ -1024,18 +1025,18 @@ def _accumulate_block(TA, i_lo, i_hi, j_lo, j_hi, K, alpha, A, lda, B, ldb, scal
             continue
         # B's rows 0..K-1 of these columns: chunk c at Bp[k0*ncpad:], strip s at + s*kc*NR
         for c in range(chunks):
-            k0 = c * KC
+            k0 = c * kcb
             b_nan[c] = _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col,
-                                     k0, min(KC, K - k0), j0, nc, Bp, k0 * ncpad, row)
+                                     k0, min(kcb, K - k0), j0, nc, Bp, k0 * ncpad, row)
         for i0 in range(i_lo, i_hi, MC):
             mc = min(MC, i_hi - i0)
             npanels = _row_panels(mc, pstart, pheight, prows)
             mpad = pstart[npanels - 1] + pheight[npanels - 1]
             if j0 == j_lo or i_hi - i_lo > MC:  # (a single row block keeps its A_PART across columns)
-                _pack_A_block(TA, alpha, A, lda, i0, K, npanels, pstart, pheight, prows, mpad, Ap, a_nan)
+                _pack_A_block(TA, alpha, A, lda, i0, K, kcb, npanels, pstart, pheight, prows, mpad, Ap, a_nan)
             for c in range(chunks):
-                k0 = c * KC
-                kc = min(KC, K - k0)
+                k0 = c * kcb
+                kc = min(kcb, K - k0)
                 start = START_LOAD
                 if k0 == 0 and zero:
                     start = START_CONST
