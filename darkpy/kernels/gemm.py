@@ -872,20 +872,20 @@ def _column_block(m, n, K):
 
 
 @kernel
-def _im2col_row(im, height, width, ksize, stride, pad, width_col, c, j0, nc, row, o):
-    """row[o + q] = element (c, j0 + q) of darknet's column matrix for q < nc, read from the image:
-    channel c_im, tap (h_offset, w_offset) of row c; output position (h, w) of column j sees
-    pixel (h_offset + h*stride - pad, w_offset + w*stride - pad), 0 outside the image."""
-    w_offset = c % ksize
-    h_offset = (c // ksize) % ksize
-    c_im = c // ksize // ksize
+def _im2col_row(im, height, width, stride, pad, width_col, c_im, h_offset, w_offset, h, w, nc, row, o):
+    """row[o + q] = element (c, j + q) of darknet's column matrix for q < nc, read from the image:
+    row c is tap (h_offset, w_offset) of channel c_im; column j is output position (h, w); output
+    position (h, w) sees pixel (h_offset + h*stride - pad, w_offset + w*stride - pad), 0 outside
+    the image."""
     off = w_offset - pad  # the pixel column of output column w is off + w*stride
     # output columns whose pixel column lies inside the image: w_in <= w < w_out
-    w_in = 0 if off >= 0 else (stride - 1 - off) // stride
-    last = width - 1 - off
-    w_out = 0 if last < 0 else last // stride + 1
-    h = j0 // width_col
-    w = j0 - h * width_col
+    if stride == 1:
+        w_in = max(0, -off)
+        w_out = max(0, width - off)
+    else:
+        w_in = 0 if off >= 0 else (stride - 1 - off) // stride
+        last = width - 1 - off
+        w_out = 0 if last < 0 else last // stride + 1
     q = 0
     while q < nc:  # one run per output row
         count = min(nc - q, width_col - w)
@@ -913,6 +913,25 @@ def _im2col_row(im, height, width, ksize, stride, pad, width_col, c, j0, nc, row
 
 
 @kernel
+def _tap(c, ksize):
+    """Row c of the column matrix: (c_im, h_offset, w_offset)."""
+    return c // ksize // ksize, (c // ksize) % ksize, c % ksize
+
+
+@kernel
+def _next_tap(c_im, h_offset, w_offset, ksize):
+    """The tap of the next row of the column matrix (w_offset fastest, then h_offset, c_im)."""
+    w_offset += 1
+    if w_offset == ksize:
+        w_offset = 0
+        h_offset += 1
+        if h_offset == ksize:
+            h_offset = 0
+            c_im += 1
+    return c_im, h_offset, w_offset
+
+
+@kernel
 def _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col, k0, kc, j0, nc, Bp, base, row):
     """Rows k0..k0+kc-1 of B, columns j0..j0+nc-1, as NR-column strips: strip s, row k at
     Bp[base + s*kc*NR + k*NR], padding columns zero.  Row by row, so that B (or the image)
@@ -921,9 +940,13 @@ def _pack_B_chunk(fused, B, ldb, height, width, ksize, stride, pad, width_col, k
     nan = False
     full = nc // NR
     strips = (nc + NR - 1) // NR
+    c_im, h_offset, w_offset = _tap(k0, max(ksize, 1))  # (the image's geometry; unused unless fused)
+    h = j0 // max(width_col, 1)
+    w = j0 - h * width_col
     for k in range(kc):
         if fused:
-            _im2col_row(B, height, width, ksize, stride, pad, width_col, k0 + k, j0, nc, row, 0)
+            _im2col_row(B, height, width, stride, pad, width_col, c_im, h_offset, w_offset, h, w, nc, row, 0)
+            c_im, h_offset, w_offset = _next_tap(c_im, h_offset, w_offset, ksize)
             src = row
             s0 = 0
         else:
@@ -954,8 +977,12 @@ def _pack_B_im2col_t(im, height, width, ksize, stride, pad, width_col, k0, kc, j
     ``rows`` (nr x kc), then 8 x 8 transposes in registers.  Returns whether any is NaN."""
     if nr < NR:
         Bp[:kc * NR] = np.float32(0)
+    c_im, h_offset, w_offset = _tap(j, ksize)
+    h = k0 // width_col
+    w = k0 - h * width_col
     for jj in range(nr):
-        _im2col_row(im, height, width, ksize, stride, pad, width_col, j + jj, k0, kc, rows, jj * kc)
+        _im2col_row(im, height, width, stride, pad, width_col, c_im, h_offset, w_offset, h, w, kc, rows, jj * kc)
+        c_im, h_offset, w_offset = _next_tap(c_im, h_offset, w_offset, ksize)
     k8 = kc // 8 * 8
     j8 = nr // 8 * 8
     for jj in range(0, j8, 8):
