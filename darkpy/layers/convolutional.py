@@ -263,7 +263,9 @@ def forward(l, net):
     instead of through ``net.workspace`` (left unwritten), and with ``c_zero``: those calls
     write every element of ``l.output`` starting from the +0 that ``fill_cpu`` would have
     stored, so the fill itself is skipped.  The reference kernels run darknet's literal
-    sequence: fill_cpu, then im2col_cpu and gemm.
+    sequence: fill_cpu, then im2col_cpu and gemm.  In inference a batch-normalised layer's
+    epilogue (forward_batchnorm_layer, then activate_array) is one kernel call,
+    ``batchnorm_forward_infer_activate``, whose reference twin is those two calls.
     """
     _check_net(l, net)
     blas = family("blas")
@@ -294,6 +296,13 @@ def forward(l, net):
                 im2col_cpu(im, l.c // l.groups, l.h, l.w, l.size, l.stride, l.pad, b)
             gemm(0, 0, m, n, k, 1, a, k, b, n, 1, c, n)
 
+    if l.batch_normalize and not net.train:
+        # forward_batchnorm_layer (inference) then activate_array, as one kernel call: the
+        # reference twin is those two calls; the fast one a single pass per channel
+        blas.batchnorm_forward_infer_activate(l.output, l.output, l.x, l.rolling_mean, l.rolling_variance,
+                                              l.scales, l.biases, l.batch, l.out_c, l.out_h * l.out_w,
+                                              l.activation)
+        return
     if l.batch_normalize:
         batchnorm.forward(l, net)
     else:
