@@ -19,22 +19,13 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from darkpy.kernels.gemm import float32x8
+from darkpy.kernels.gemm import _is_f32_contig, _mask, _transpose8, float32x8
 
 _F32 = ir.FloatType()
 _F64 = ir.DoubleType()
 _V8 = ir.VectorType(_F32, 8)
 _D8 = ir.VectorType(_F64, 8)
 _I32 = ir.IntType(32)
-
-
-def _is_f32_contig(arr):
-    return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 \
-        and arr.layout == "C"
-
-
-def _mask(*lanes):
-    return ir.Constant(ir.VectorType(_I32, 8), list(lanes))
 
 
 def _data_and_index(context, builder, arrty, arr, idxty, idx):
@@ -117,26 +108,7 @@ def vload_columns(typingctx, arr, start, ld):
             off = builder.add(s, builder.mul(step, ir.Constant(s.type, r)))
             ptr = builder.bitcast(builder.gep(data, [off]), _V8.as_pointer())
             rows.append(builder.load(ptr, align=4, typ=_V8))
-        # pairs of rows interleaved, then pairs of pairs, then 128-bit halves: the
-        # classic unpack/shuffle/permute transpose
-        lo, hi = _mask(0, 8, 1, 9, 4, 12, 5, 13), _mask(2, 10, 3, 11, 6, 14, 7, 15)
-        t = []
-        for r in range(0, 8, 2):
-            t += [builder.shuffle_vector(rows[r], rows[r + 1], lo),
-                  builder.shuffle_vector(rows[r], rows[r + 1], hi)]
-        lo2, hi2 = _mask(0, 1, 8, 9, 4, 5, 12, 13), _mask(2, 3, 10, 11, 6, 7, 14, 15)
-        u = []
-        for q in (0, 4):  # t[q], t[q+2]: columns {0,1,4,5}; t[q+1], t[q+3]: columns {2,3,6,7}
-            u += [builder.shuffle_vector(t[q], t[q + 2], lo2),
-                  builder.shuffle_vector(t[q], t[q + 2], hi2),
-                  builder.shuffle_vector(t[q + 1], t[q + 3], lo2),
-                  builder.shuffle_vector(t[q + 1], t[q + 3], hi2)]
-        # u[c] (c < 4): rows 0-3 of columns c and c+4; u[4+c]: rows 4-7 of the same columns
-        lo4, hi4 = _mask(0, 1, 2, 3, 8, 9, 10, 11), _mask(4, 5, 6, 7, 12, 13, 14, 15)
-        cols = [None] * 8
-        for c in range(4):
-            cols[c] = builder.shuffle_vector(u[c], u[4 + c], lo4)
-            cols[c + 4] = builder.shuffle_vector(u[c], u[4 + c], hi4)
+        cols = _transpose8(builder, rows)   # shuffles only
         return context.make_tuple(builder, sig.return_type, cols)
 
     return retty(arr, start, ld), codegen

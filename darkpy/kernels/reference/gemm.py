@@ -170,20 +170,9 @@ def check_gemm_im2col_args(im, channels, height, width, ksize, stride, pad, M, N
     """Raise ``DarkpyError`` unless ``gemm_im2col``'s sizes agree (K = channels*ksize*ksize
     rows and N = out_h*out_w columns of the column matrix) and every element it reads or
     writes lies inside ``im``, A and C.  Returns (out_h, out_w)."""
-    from darkpy.kernels.reference.im2col import out_size
-    for what, buf in (("im", im), ("A", A), ("C", C)):
-        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
-            raise DarkpyError(f"{name}: {what} must be a 1-D float32 array, got "
-                              f"{getattr(buf, 'dtype', type(buf).__name__)} "
-                              f"with shape {getattr(buf, 'shape', None)}")
-    if channels < 0 or height < 1 or width < 1 or ksize < 1 or stride < 1 or pad < 0:
-        raise DarkpyError(f"{name}: bad sizes channels={channels} height={height} width={width} "
-                          f"ksize={ksize} stride={stride} pad={pad}")
-    height_col = out_size(height, ksize, stride, pad)
-    width_col = out_size(width, ksize, stride, pad)
-    if height_col < 1 or width_col < 1:
-        raise DarkpyError(f"{name}: a {ksize}x{ksize} kernel with pad {pad} does not fit a "
-                          f"{height}x{width} image")
+    from darkpy.kernels.reference.im2col import check_image_geometry
+    height_col, width_col = check_image_geometry(name, (("im", im), ("A", A), ("C", C)),
+                                                 channels, height, width, ksize, stride, pad)
     if K != channels * ksize * ksize or N != height_col * width_col:
         raise DarkpyError(f"{name}: the column matrix of {channels} channels and a {ksize}x{ksize} kernel "
                           f"has {channels * ksize * ksize} rows of {height_col * width_col} columns, "

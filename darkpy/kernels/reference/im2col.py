@@ -35,9 +35,11 @@ def out_size(size, ksize, stride, pad):
     return q + 1
 
 
-def check_im2col_args(name, data_im, channels, height, width, ksize, stride, pad, data_col):
-    """Raise ``DarkpyError`` unless the sizes make sense and both buffers are large enough."""
-    for buf_name, buf in (("data_im", data_im), ("data_col", data_col)):
+def check_image_geometry(name, buffers, channels, height, width, ksize, stride, pad):
+    """Raise ``DarkpyError`` unless every ``(name, buffer)`` of ``buffers`` is a 1-D float32
+    array and a ``ksize`` x ``ksize`` kernel with ``stride`` and ``pad`` fits the image.
+    Returns the column matrix's (height_col, width_col)."""
+    for buf_name, buf in buffers:
         if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
             raise DarkpyError(f"{name}: {buf_name} must be a 1-D float32 array, got "
                               f"{getattr(buf, 'dtype', type(buf).__name__)} "
@@ -50,6 +52,13 @@ def check_im2col_args(name, data_im, channels, height, width, ksize, stride, pad
     if height_col < 1 or width_col < 1:
         raise DarkpyError(f"{name}: a {ksize}x{ksize} kernel with pad {pad} does not fit a "
                           f"{height}x{width} image")
+    return height_col, width_col
+
+
+def check_im2col_args(name, data_im, channels, height, width, ksize, stride, pad, data_col):
+    """Raise ``DarkpyError`` unless the sizes make sense and both buffers are large enough."""
+    height_col, width_col = check_image_geometry(name, (("data_im", data_im), ("data_col", data_col)),
+                                                 channels, height, width, ksize, stride, pad)
     need_im = channels * height * width
     need_col = channels * ksize * ksize * height_col * width_col
     if data_im.shape[0] < need_im:
