@@ -181,7 +181,19 @@ def check_gemm_im2col_args(im, channels, height, width, ksize, stride, pad, M, N
         raise DarkpyError(f"{name}: im holds {im.shape[0]} floats, needs {channels * height * width}")
     if M < 0:
         raise DarkpyError(f"{name}: negative size M={M}")
-    for what, buf, cols, ld in ((("A", A, K, lda), ("C", C, N, ldc)) if check_matrices else ()):
+    if check_matrices:
+        _check_row_major(name, M, (("A", A, K, lda), ("C", C, N, ldc)))
+    return height_col, width_col
+
+
+def _check_row_major(name, M, matrices):
+    """Raise ``DarkpyError`` unless each ``(what, buf, cols, ld)`` of ``matrices`` is a 1-D float32
+    array holding an M x cols row-major matrix with leading dimension ``ld``."""
+    for what, buf, cols, ld in matrices:
+        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
+            raise DarkpyError(f"{name}: {what} must be a 1-D float32 array, got "
+                              f"{getattr(buf, 'dtype', type(buf).__name__)} "
+                              f"with shape {getattr(buf, 'shape', None)}")
         if M == 0 or cols == 0:
             continue
         if ld < cols:
@@ -190,7 +202,6 @@ def check_gemm_im2col_args(im, channels, height, width, ksize, stride, pad, M, N
         if buf.shape[0] < need:
             raise DarkpyError(f"{name}: {what} holds {buf.shape[0]} floats, a {M}x{cols} matrix "
                               f"with leading dimension {ld} needs {need}")
-    return height_col, width_col
 
 
 def gemm_im2col(im, channels, height, width, ksize, stride, pad, M, N, K, ALPHA, A, lda, BETA, C, ldc,
@@ -219,19 +230,7 @@ def check_gemm_nt_im2col_args(M, N, K, A, lda, im, channels, height, width, ksiz
                                                    M, K, N, np.zeros(0, np.float32), 1,
                                                    np.zeros(0, np.float32), 1, name="gemm_nt_im2col",
                                                    check_matrices=False)
-    for name, buf, cols, ld in (("A", A, K, lda), ("C", C, N, ldc)):
-        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
-            raise DarkpyError(f"gemm_nt_im2col: {name} must be a 1-D float32 array, got "
-                              f"{getattr(buf, 'dtype', type(buf).__name__)} "
-                              f"with shape {getattr(buf, 'shape', None)}")
-        if M == 0 or cols == 0:
-            continue
-        if ld < cols:
-            raise DarkpyError(f"gemm_nt_im2col: ld{name.lower()}={ld} is shorter than a row of {name} ({cols})")
-        need = (M - 1) * ld + cols
-        if buf.shape[0] < need:
-            raise DarkpyError(f"gemm_nt_im2col: {name} holds {buf.shape[0]} floats, a {M}x{cols} matrix "
-                              f"with leading dimension {ld} needs {need}")
+    _check_row_major("gemm_nt_im2col", M, (("A", A, K, lda), ("C", C, N, ldc)))
     return height_col, width_col
 
 
