@@ -14,15 +14,13 @@ NaNs can meet.  Read from the objdump of darknet's strict build (gcc 12 -O2
 * ``col2im_add_pixel``: ``im[...] += val`` compiles to ``addss (im), %xmm0`` with
   ``val`` (the column element) in xmm0: the column element is the first operand.
 
-Before the fix the reference ``gradient_array`` keeps delta's NaN (LLVM put delta
-first) and the fast ``col2im`` keeps the image's NaN (its vector add put the image
-first): in a conv backward with inf/NaN data the two disagree on net.delta's NaN
-sign (reference 0x7FC00000, fast 0xFFC00000) and each disagrees with darknet.
-Proposed fix (darkpy/kernels/reference/activations.py ``gradient_array_cpu``,
-darkpy/kernels/activations.py ``gradient_range``: ``g = gradient(..); delta[i] =
-first_nan(g, g * delta[i])``; darkpy/kernels/reference/im2col.py
-``col2im_add_pixel`` and darkpy/kernels/im2col.py ``col2im_channel``:
-``im[p] = first_nan(val, val + im[p])``).  The xfail marks come off with it.
+Before the fix the reference ``gradient_array`` kept delta's NaN (LLVM put delta
+first) and the fast ``col2im`` kept the image's NaN (its vector add put the image
+first): in a conv backward with inf/NaN data the two disagreed on net.delta's NaN
+sign (reference 0x7FC00000, fast 0xFFC00000) and each disagreed with darknet.  Now
+both pin gcc's order: ``g = gradient(..); delta[i] = first_nan(g, g * delta[i])``
+(``gradient_array_cpu``, ``gradient_range``) and ``im[p] = first_nan(val, val + im[p])``
+(``col2im_add_pixel``, ``col2im_channel``).
 """
 
 import types
@@ -40,11 +38,6 @@ from darkpy.kernels.reference.activations import (ELU, LEAKY, LINEAR, LOGGY, LOG
 from darkpy.layers import convolutional
 from conftest import bits, rng_for
 
-GRADIENT_FIX = ("reference gradient_array keeps delta's NaN where darknet's mulss keeps the "
-                "gradient's (fix: delta[i] = first_nan(g, g * delta[i]))")
-COL2IM_FIX = ("fast col2im keeps the image's NaN where darknet's addss keeps the column "
-              "element's (fix: im[p] = first_nan(val, val + im[p]))")
-
 
 def tagged_nans(rng, n, tag):
     """``n`` quiet NaNs, random signs, payloads ``tag + index`` (so the survivor is identifiable)."""
@@ -57,8 +50,7 @@ def tagged_nans(rng, n, tag):
 
 def _gradient_modules():
     return [pytest.param(fast_activations, id="fast"),
-            pytest.param(reference_activations, id="reference",
-                         marks=pytest.mark.xfail(strict=True, reason=GRADIENT_FIX))]
+            pytest.param(reference_activations, id="reference")]
 
 
 @pytest.mark.parametrize("module", _gradient_modules())
@@ -107,7 +99,7 @@ def _col2im_last_writer(channels, height, width, ksize, stride, pad, data_col, d
 
 
 def _col2im_modules():
-    return [pytest.param(fast_im2col, id="fast", marks=pytest.mark.xfail(strict=True, reason=COL2IM_FIX)),
+    return [pytest.param(fast_im2col, id="fast"),
             pytest.param(reference_im2col, id="reference")]
 
 
@@ -140,7 +132,6 @@ def _wild(rng, n):
     return x
 
 
-@pytest.mark.xfail(strict=True, reason=GRADIENT_FIX + "; " + COL2IM_FIX)
 @pytest.mark.parametrize("shape", [
     # batch, h, w, c, n, groups, size, stride, pad, bn, activation
     (3, 7, 6, 2, 5, 1, 5, 1, 2, 0, LOGISTIC), (2, 9, 11, 4, 6, 1, 3, 1, 1, 0, LOGISTIC),

@@ -30,6 +30,7 @@ from numba.extending import intrinsic
 
 from darkpy.errors import DarkpyError
 from darkpy.kernels import kernel, pkernel
+from darkpy.kernels.reference.nan import first_nan
 from darkpy.kernels.reference.activations import (  # noqa: F401  (re-exported API)
     ACTIVATIONS, ELU, HARDTAN, LEAKY, LHTAN, LINEAR, LOGGY, LOGISTIC, PLSE, RAMP, RELIE, RELU,
     SELU, STAIR, TANH, activate, check_activation, check_array, elu_activate, elu_gradient,
@@ -161,22 +162,31 @@ def activate_range(x, lo, hi, a):
 
 @kernel
 def gradient_range(x, lo, hi, a, delta):
-    """``delta[i] *= gradient(x[i], a)`` for lo <= i < hi, one loop per activation."""
+    """``delta[i] *= gradient(x[i], a)`` for lo <= i < hi, one loop per activation.
+
+    gcc multiplies the gradient by ``delta[i]`` with the gradient as first source, so where
+    both are NaN the gradient's NaN survives: pinned with ``first_nan`` for the activations
+    whose gradient can be NaN (logistic, loggy, elu, selu, tanh); the others' gradients
+    never are, so delta's NaN wins whatever the order."""
     if a == LOGISTIC:
         for i in range(U(lo), U(hi)):
-            delta[i] *= logistic_gradient(x[i])
+            g = logistic_gradient(x[i])
+            delta[i] = first_nan(g, g * delta[i])
     elif a == LOGGY:
         for i in range(U(lo), U(hi)):
-            delta[i] *= loggy_gradient(x[i])
+            g = loggy_gradient(x[i])
+            delta[i] = first_nan(g, g * delta[i])
     elif a == RELU:
         for i in range(U(lo), U(hi)):
             delta[i] *= relu_gradient(x[i])
     elif a == ELU:
         for i in range(U(lo), U(hi)):
-            delta[i] *= elu_gradient(x[i])
+            g = elu_gradient(x[i])
+            delta[i] = first_nan(g, g * delta[i])
     elif a == SELU:
         for i in range(U(lo), U(hi)):
-            delta[i] *= selu_gradient(x[i])
+            g = selu_gradient(x[i])
+            delta[i] = first_nan(g, g * delta[i])
     elif a == RELIE:
         for i in range(U(lo), U(hi)):
             delta[i] *= relie_gradient(x[i])
@@ -188,7 +198,8 @@ def gradient_range(x, lo, hi, a, delta):
             delta[i] *= leaky_gradient(x[i])
     elif a == TANH:
         for i in range(U(lo), U(hi)):
-            delta[i] *= tanh_gradient(x[i])
+            g = tanh_gradient(x[i])
+            delta[i] = first_nan(g, g * delta[i])
     elif a == PLSE:
         for i in range(U(lo), U(hi)):
             delta[i] *= plse_gradient(x[i])

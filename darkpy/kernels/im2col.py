@@ -19,6 +19,7 @@ from numba import prange
 
 from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.reference.im2col import check_im2col_args, out_size
+from darkpy.kernels.reference.nan import first_nan
 
 #: Below this many column-matrix elements a single thread does the work.  Both loops are
 #: memory-bound copies/adds (~1 ns an element on one core), so threads pay off only on very
@@ -96,13 +97,16 @@ def col2im_channel(data_col, height, width, ksize, stride, pad, data_im, c_im, h
                 continue
             base = (c * height_col + h) * width_col
             dst = width * (row + height * c_im) + w_offset - pad
-            # within one row c every w hits a different pixel: one add per element
+            # within one row c every w hits a different pixel: one add per element, the
+            # column value first (gcc's addss operand order: its NaN wins over the image's)
             if stride == 1:
                 for w in range(w_lo, w_hi):
-                    data_im[dst + w] += data_col[base + w]
+                    val = data_col[base + w]
+                    data_im[dst + w] = first_nan(val, val + data_im[dst + w])
             else:
                 for w in range(w_lo, w_hi):
-                    data_im[dst + w * stride] += data_col[base + w]
+                    val = data_col[base + w]
+                    data_im[dst + w * stride] = first_nan(val, val + data_im[dst + w * stride])
 
 
 @kernel

@@ -32,6 +32,7 @@ import numpy as np
 
 from darkpy.errors import CfgError, DarkpyError
 from darkpy.kernels import kernel
+from darkpy.kernels.reference.nan import first_nan
 
 # darknet's ``ACTIVATION`` enum (include/darknet.h), same order, same values.
 LOGISTIC = 0
@@ -387,9 +388,14 @@ def activate_array_cpu(x, n, a):
 
 @kernel
 def gradient_array_cpu(x, n, a, delta):
-    """darknet's ``gradient_array``: ``delta[i] *= gradient(x[i], a)`` (a float product)."""
+    """darknet's ``gradient_array``: ``delta[i] *= gradient(x[i], a)`` (a float product).
+
+    gcc computes the gradient first and multiplies it by ``delta[i]`` (``mulss`` with the
+    gradient as first source), so where both are NaN the gradient's NaN survives.
+    """
     for i in range(n):
-        delta[i] *= gradient(x[i], a)
+        g = gradient(x[i], a)
+        delta[i] = first_nan(g, g * delta[i])
 
 
 def activate_array(x, n, a):

@@ -42,6 +42,7 @@ import numpy as np
 from darkpy.errors import ShapeError
 from darkpy.kernels import kernel
 from darkpy.kernels.reference.activations import activate_array_cpu
+from darkpy.kernels.reference.nan import first_nan  # noqa: F401  (re-exported: every blas user pins NaNs with it)
 
 __all__ = [
     "reorg_cpu", "flatten", "weighted_sum_cpu", "weighted_delta_cpu", "shortcut_cpu",
@@ -61,17 +62,6 @@ F32_MAX = np.float32(3.4028234663852886e38)      # FLT_MAX
 # to double where C adds them to a double.
 EPS_FORWARD = np.float32(.000001)
 EPS_BACKWARD = np.float32(.00001)
-
-
-@kernel
-def first_nan(a, r):
-    """``r``, the result of ``a op b``, as x86 gives it with ``a`` as first source operand:
-    when ``a`` is NaN the result is ``a`` quieted (``a + a``), whatever ``b`` is.
-
-    Pins the NaN-payload choice where compilers may swap the operands of a
-    commutative operation; a no-op on every value that is not NaN.
-    """
-    return a + a if a != a else r
 
 
 # ---------------------------------------------------------------- layout shuffles

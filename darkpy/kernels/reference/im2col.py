@@ -19,6 +19,7 @@ import numpy as np
 
 from darkpy.errors import DarkpyError
 from darkpy.kernels import kernel
+from darkpy.kernels.reference.nan import first_nan
 
 
 @kernel
@@ -98,12 +99,14 @@ def im2col_kernel(data_im, channels, height, width, ksize, stride, pad, data_col
 
 @kernel
 def col2im_add_pixel(im, height, width, channels, row, col, channel, pad, val):
-    """darknet's ``col2im_add_pixel``: ``im[pixel] += val`` (float) unless the pixel is padding."""
+    """darknet's ``col2im_add_pixel``: ``im[pixel] += val`` (float) unless the pixel is padding.
+    gcc adds with ``val`` as the first source operand, so where both are NaN val's wins."""
     row -= pad
     col -= pad
     if row < 0 or col < 0 or row >= height or col >= width:
         return
-    im[col + width * (row + height * channel)] += val
+    index = col + width * (row + height * channel)
+    im[index] = first_nan(val, val + im[index])
 
 
 @kernel
