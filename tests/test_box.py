@@ -71,7 +71,7 @@ def test_iou_bitwise_and_geometry(a, b):
     assert same_bits(ours, c_iou(a, b))
     # float32 rounds each edge x -/+ w/2 to within an ulp of |x| + w; relative to the
     # smallest side that is the size of the error the float formula may make
-    edge_ulp = np.finfo(np.float32).eps * (max(abs(float(v)) for v in a[:2] + b[:2]) + 1)
+    edge_ulp = float(np.finfo(np.float32).eps) * (max(abs(float(v)) for v in a[:2] + b[:2]) + 1)
     smallest = min(float(v) for v in a[2:] + b[2:])
     assert ours == pytest.approx(exact_iou(a, b), abs=1e-6 + 8 * edge_ulp / smallest)
 
