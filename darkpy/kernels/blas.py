@@ -345,41 +345,49 @@ def _normalize_channel(input, output, x, x_norm, m, den, scale, bias, batch, out
 
     A convolutional layer normalises its output in place (``input`` is ``output``).
     LLVM vectorises a loop only after a run-time check that its arrays do not
-    overlap, which an in-place loop fails; so each run of ``COPY_RUN`` pixels is first
-    copied to x (darknet's copy_cpu) and then normalised *from x*, which holds the
-    same floats: both loops touch arrays that never overlap.
+    overlap, which an in-place loop fails; so in place, each run of ``COPY_RUN``
+    pixels is first copied to x (darknet's copy_cpu) and then normalised *from x*,
+    which holds the same floats.
     """
     guard = scale != scale or bias != bias
+    in_place = input.ctypes.data == output.ctypes.data
     for b in range(batch):
         p = (b * out_c + f) * spatial
         for lo in range(p, p + spatial, COPY_RUN):
             hi = min(lo + COPY_RUN, p + spatial)
-            src = input[lo:hi]
-            xs = x[lo:hi]
-            out = output[lo:hi]
-            for k in range(hi - lo):
-                xs[k] = src[k]
-            if x_norm is not None:
-                xn = x_norm[lo:hi]
-                if guard:
-                    for k in range(hi - lo):
-                        norm = np.float32(np.float64(xs[k] - m) / den)
-                        xn[k] = norm
-                        scaled = first_nan(norm, norm * scale)
-                        out[k] = first_nan(scaled, scaled + bias)
-                else:
-                    for k in range(hi - lo):
-                        norm = np.float32(np.float64(xs[k] - m) / den)
-                        xn[k] = norm
-                        out[k] = norm * scale + bias
-            elif guard:
-                for k in range(hi - lo):
-                    norm = np.float32(np.float64(xs[k] - m) / den)
-                    scaled = first_nan(norm, norm * scale)
-                    out[k] = first_nan(scaled, scaled + bias)
+            xn = None if x_norm is None else x_norm[lo:hi]
+            if in_place:
+                copy_cpu(hi - lo, input[lo:hi], 1, x[lo:hi], 1)
+                _normalize_run(x[lo:hi], None, xn, output[lo:hi], m, den, scale, bias, guard)
             else:
-                for k in range(hi - lo):
-                    out[k] = np.float32(np.float64(xs[k] - m) / den) * scale + bias
+                _normalize_run(input[lo:hi], x[lo:hi], xn, output[lo:hi], m, den, scale, bias, guard)
+
+
+@kernel
+def _normalize_run(src, xs, xn, out, m, den, scale, bias, guard):
+    """One run of ``_normalize_channel``: xs = src (when ``xs`` is not None: otherwise src
+    already is x), xn = normalised (when not None), out = xn*scale + bias.  ``None``
+    arguments are pruned when Numba compiles, so every variant is one plain loop."""
+    n = src.size
+    if guard:
+        for k in range(n):
+            v = src[k]
+            if xs is not None:
+                xs[k] = v
+            norm = np.float32(np.float64(v - m) / den)
+            if xn is not None:
+                xn[k] = norm
+            scaled = first_nan(norm, norm * scale)
+            out[k] = first_nan(scaled, scaled + bias)
+    else:
+        for k in range(n):
+            v = src[k]
+            if xs is not None:
+                xs[k] = v
+            norm = np.float32(np.float64(v - m) / den)
+            if xn is not None:
+                xn[k] = norm
+            out[k] = norm * scale + bias
 
 
 #: Pixels copied to ``x`` and then normalised from it, per step (stays in L1).
@@ -553,29 +561,42 @@ def batchnorm_forward_infer_activate(input, output, x, rolling_mean, rolling_var
 @kernel
 def _normalize_activate_channel(input, output, x, m, den, scale, bias, batch, out_c, spatial, f, activation):
     """One channel of ``_normalize_channel`` (inference; scale and bias not NaN, so one NaN
-    payload at most reaches each operation) with the activation applied run by run
-    (``COPY_RUN`` pixels) while the run is in L1: RELU inside the loop (the
-    division-bound loop hides its float multiply), any other activation by
-    ``activate_range`` over the run just written (inside the loop, LEAKY's double
-    conversions slow the division-bound loop down more than a second pass over L1
-    costs)."""
+    payload at most reaches each operation) with the activation applied plane by plane
+    while the plane is in cache: RELU inside the loop (the division-bound loop hides its
+    float multiply), any other activation by ``activate_range`` over the plane just
+    written (inside the loop, LEAKY's double conversions slow the division-bound loop
+    down more than a second pass over the cached plane costs)."""
+    in_place = input.ctypes.data == output.ctypes.data
     for b in range(batch):
         p = (b * out_c + f) * spatial
-        for lo in range(p, p + spatial, COPY_RUN):   # copy, then normalise from x: see _normalize_channel
+        for lo in range(p, p + spatial, COPY_RUN):   # in place: copy, then normalise from x (_normalize_channel)
             hi = min(lo + COPY_RUN, p + spatial)
-            src = input[lo:hi]
-            xs = x[lo:hi]
-            out = output[lo:hi]
-            for k in range(hi - lo):
-                xs[k] = src[k]
-            if activation == RELU:
-                for k in range(hi - lo):
-                    out[k] = relu_activate(np.float32(np.float64(xs[k] - m) / den) * scale + bias)
+            if in_place:
+                copy_cpu(hi - lo, input[lo:hi], 1, x[lo:hi], 1)
+                _normalize_activate_run(x[lo:hi], None, output[lo:hi], m, den, scale, bias, activation)
             else:
-                for k in range(hi - lo):
-                    out[k] = np.float32(np.float64(xs[k] - m) / den) * scale + bias
-                if activation != LINEAR:
-                    activate_range(output, lo, hi, activation)
+                _normalize_activate_run(input[lo:hi], x[lo:hi], output[lo:hi], m, den, scale, bias, activation)
+        if activation != RELU and activation != LINEAR:
+            activate_range(output, p, p + spatial, activation)
+
+
+@kernel
+def _normalize_activate_run(src, xs, out, m, den, scale, bias, activation):
+    """One run of ``_normalize_activate_channel``: xs = src (unless ``xs`` is None: src is x),
+    out = normalised*scale + bias, with RELU applied in the loop."""
+    n = src.size
+    if activation == RELU:
+        for k in range(n):
+            v = src[k]
+            if xs is not None:
+                xs[k] = v
+            out[k] = relu_activate(np.float32(np.float64(v - m) / den) * scale + bias)
+    else:
+        for k in range(n):
+            v = src[k]
+            if xs is not None:
+                xs[k] = v
+            out[k] = np.float32(np.float64(v - m) / den) * scale + bias
 
 
 # ---------------------------------------------------------------- batchnorm backward
