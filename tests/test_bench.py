@@ -86,6 +86,10 @@ def test_issue_targets():
         {"name": "yolov3-tiny forward", "shape": "y", "impl": "opencv-4.14.0", "threads": 2, "median_ms": 44.0},
         {"name": "gemm conv8 fwd 256x1152x676", "shape": "g", "impl": "fast", "threads": 1, "median_ms": 1.0,
          "pct_peak": 49.0},
+        {"name": "gemm conv2 fwd 32x144x43264", "shape": "g", "impl": "fast", "threads": 1, "median_ms": 1.0,
+         "pct_peak": 40.0},
+        {"name": "gemm conv2 fwd 32x144x43264", "shape": "c", "impl": bench.FUSED_IMPL, "threads": 1,
+         "median_ms": 1.0, "pct_peak": 51.0},
     ]
     targets = {t["target"]: t for t in bench.issue_targets(attach_ratios(rows), 2)}
     bn = targets["batchnorm train fwd+bwd 8x64x52x52, 1 core: time / darknet_ofast"]
@@ -94,8 +98,12 @@ def test_issue_targets():
     assert floor["value"] == pytest.approx(1.5) and floor["met"]
     fw = targets["yolov3-tiny forward, 2 cores: time / OpenCV dnn on 2"]
     assert fw["value"] == pytest.approx(60 / 44) and fw["met"]
-    g = targets["gemm conv8 fwd 256x1152x676, 1 core: % of non-FMA peak (at least)"]
+    g = targets["gemm conv8 fwd 256x1152x676 (gemm), 1 core: % of non-FMA peak (at least)"]
     assert g["met"] is False
+    # where the layer's own gemm (gemm_im2col) was measured, the target reads that row
+    g = targets["gemm conv2 fwd 32x144x43264 (gemm_im2col), 1 core: % of non-FMA peak (at least)"]
+    assert g["value"] == 51.0 and g["met"]
+    assert not [t for t in targets if t.startswith("gemm conv2 fwd 32x144x43264 (gemm)")]
     assert not [t for t in targets if t.startswith("yolov3-tiny forward, 1 core")]  # not measured
 
 
