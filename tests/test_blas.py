@@ -140,6 +140,18 @@ def run_bn(module, s, batch, c, spatial, train=True, in_place=False):
     return s
 
 
+def run_infer_activate(module, s, batch, c, spatial, activation, in_place=False):
+    """``batchnorm_forward_infer_activate`` on a copy of state ``s`` (in place: input is output)."""
+    t = {k: v.copy() for k, v in s.items()}
+    if in_place:
+        t["output"][:] = t["input"]
+        t["input"] = t["output"]
+    module.batchnorm_forward_infer_activate(t["input"], t["output"], t["x"], t["rolling_mean"],
+                                            t["rolling_variance"], t["scales"], t["biases"],
+                                            batch, c, spatial, activation)
+    return t
+
+
 @pytest.mark.parametrize("batch,c,spatial", SHAPES)
 @pytest.mark.parametrize("specials", [False, True])
 @pytest.mark.parametrize("train", [True, False])
@@ -188,17 +200,8 @@ def test_batchnorm_forward_planes_longer_than_a_copy_run(in_place, train):
     f = run_bn(fast, s, 2, 3, spatial, train, in_place=in_place)
     assert all(same(r[k], f[k]) for k in r)
     for activation in (LEAKY, RELU, LINEAR, LOGISTIC):
-        results = []
-        for module in (ref, fast):
-            t = {k: v.copy() for k, v in s.items()}
-            if in_place:
-                t["output"][:] = t["input"]
-                t["input"] = t["output"]
-            module.batchnorm_forward_infer_activate(t["input"], t["output"], t["x"], t["rolling_mean"],
-                                                    t["rolling_variance"], t["scales"], t["biases"],
-                                                    2, 3, spatial, activation)
-            results.append(t)
-        assert same(results[0]["output"], results[1]["output"]) and same(results[0]["x"], results[1]["x"])
+        r, f = (run_infer_activate(module, s, 2, 3, spatial, activation, in_place) for module in (ref, fast))
+        assert same(r["output"], f["output"]) and same(r["x"], f["x"])
 
 
 def test_batchnorm_kernels_bitwise_random_shapes():
@@ -219,17 +222,8 @@ def test_batchnorm_forward_infer_activate_bitwise(activation):
     for batch, c, spatial in ((1, 3, 1), (2, 70, 1), (3, 5, 4), (2, 9, 35), (1, 17, 16), (4, 6, 23)):
         for specials in (False, True):
             s = bn_state(rng, batch, c, spatial, specials, scale=float(rng.choice([1, 50])))
-            results = []
-            for module in (ref, fast):
-                for in_place in (False, True):
-                    t = {k: v.copy() for k, v in s.items()}
-                    if in_place:
-                        t["output"][:] = t["input"]
-                        t["input"] = t["output"]
-                    module.batchnorm_forward_infer_activate(t["input"], t["output"], t["x"], t["rolling_mean"],
-                                                            t["rolling_variance"], t["scales"], t["biases"],
-                                                            batch, c, spatial, activation)
-                    results.append(t)
+            results = [run_infer_activate(module, s, batch, c, spatial, activation, in_place)
+                       for module in (ref, fast) for in_place in (False, True)]
             for t in results[1:]:
                 assert all(same(results[0][k], t[k]) for k in ("output", "x")), (batch, c, spatial, specials)
             # and it is batchnorm_forward_infer followed by the activation, element by element
