@@ -480,8 +480,9 @@ def _c_pow(x, y):
         return math.pow(x, y)
     except ValueError:
         return math.nan
-    except OverflowError:
-        return math.inf
+    except OverflowError:  # C gives -inf for a negative base with an odd integer exponent
+        odd = float(y).is_integer() and int(y) % 2 == 1
+        return -math.inf if x < 0 and odd else math.inf
 
 
 def randomize_parameters(net, seed=0):

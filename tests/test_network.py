@@ -1,5 +1,6 @@
 """The network builder and loops: darknet's shapes, learning-rate policies, golden networks end to end."""
 
+import math
 import shutil
 import subprocess
 
@@ -131,3 +132,12 @@ def test_without_the_recorded_srand_training_draws_differ(tmp_path):
     res = check_case(case)
     differing = {r.name for r in res.rows if not r.identical}
     assert "layer00_output" in differing and "infer_layer00_output" not in differing
+
+
+def test_c_pow_overflow_keeps_cs_sign():
+    """C's pow overflows to -inf for a negative base and an odd integer exponent (Python raises)."""
+    from darkpy.network import _c_pow
+    assert _c_pow(-2.0, 2001) == -math.inf
+    assert _c_pow(-2.0, 2000) == math.inf
+    assert _c_pow(2.0, 2001) == math.inf
+    assert math.isnan(_c_pow(-2.0, 0.5))

@@ -403,11 +403,7 @@ def _logistic_planes(l, coords):
             counts.append(2 * spatial)
             starts.append(entry_index(b, n * spatial, coords, l.w, l.h, l.classes, l.outputs))
             counts.append((1 + l.classes) * spatial)
-    if hasattr(act, "activate_spans"):
-        act.activate_spans(l.output, np.array(starts, np.int64), np.array(counts, np.int64), LOGISTIC)
-    else:
-        for index, count in zip(starts, counts):
-            act.activate_array(l.output[index:], count, LOGISTIC)
+    act.activate_spans(l.output, np.array(starts, np.int64), np.array(counts, np.int64), LOGISTIC)
 
 
 def truth_error(l, status, b, t, truth):

@@ -398,6 +398,13 @@ def gradient_array_cpu(x, n, a, delta):
         delta[i] = first_nan(g, g * delta[i])
 
 
+def activate_spans(x, starts, counts, a):
+    """``activate_array(x[starts[s]:], counts[s], a)`` for every span s, one call each, in
+    order: what darknet's yolo layer does for each anchor's x, y and objectness+classes."""
+    for start, count in zip(starts, counts):
+        activate_array(x[int(start):], int(count), a)
+
+
 def activate_array(x, n, a):
     """darknet's ``activate_array(x, n, a)``: check the arguments, then activate ``x[:n]`` in place."""
     check_array("x", x, n)
