@@ -54,7 +54,8 @@ from darkpy.kernels import kernel, pkernel
 from darkpy.kernels.activations import LINEAR, RELU, activate_range, relu_activate
 from darkpy.kernels.gemm import vadd, vbroadcast, vmul, vstore
 from darkpy.kernels.reference.blas import *  # noqa: F401,F403
-from darkpy.kernels.reference.blas import EPS_BACKWARD, EPS_FORWARD, first_nan
+from darkpy.kernels.reference.blas import EPS_BACKWARD, EPS_FORWARD
+from darkpy.kernels.reference.nan import first_nan
 from darkpy.kernels.simd import vgather, vload_columns, vsub, vvariance_step, vzero
 
 #: Channels of one vector group: the 8 lanes of a float32x8 are 8 channels, each lane

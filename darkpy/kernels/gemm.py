@@ -62,7 +62,7 @@ from numba.extending import intrinsic, models, register_model
 
 from darkpy.errors import DarkpyError
 from darkpy.kernels import kernel, pkernel
-from darkpy.kernels.reference.blas import first_nan
+from darkpy.kernels.reference.nan import first_nan
 from darkpy.kernels.reference.gemm import (check_gemm_args, check_gemm_im2col_args,
                                           check_gemm_nt_im2col_args)
 

@@ -320,7 +320,8 @@ def mean_cpu(x, batch, filters, spatial, mean):
         for j in range(batch):
             for k in range(spatial):
                 index = j * filters * spatial + i * spatial + k
-                mean[i] += x[index]
+                m = mean[i]
+                mean[i] = first_nan(m, m + x[index])
         mean[i] *= scale
 
 
@@ -431,7 +432,7 @@ def backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates):
         for b in range(batch):
             for i in range(size):
                 index = i + size * (f + n * b)
-                sum += delta[index] * x_norm[index]
+                sum = first_nan(sum, sum + delta[index] * x_norm[index])
         scale_updates[f] = first_nan(sum, sum + scale_updates[f])
 
 
@@ -449,7 +450,7 @@ def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
         for j in range(batch):
             for k in range(spatial):
                 index = j * filters * spatial + i * spatial + k
-                sum += delta[index]
+                sum = first_nan(sum, sum + delta[index])
         factor = -1. / math.sqrt(np.float64(variance[i] + EPS_BACKWARD))
         wide = np.float64(sum)
         mean_delta[i] = np.float32(first_nan(wide, wide * factor))
@@ -472,7 +473,7 @@ def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, varian
         for j in range(batch):
             for k in range(spatial):
                 index = j * filters * spatial + i * spatial + k
-                sum += (x[index] - mean[i]) * delta[index]
+                sum = first_nan(sum, sum + (x[index] - mean[i]) * delta[index])
         factor = math.pow(np.float64(variance[i] + EPS_BACKWARD), exponent) * -.5
         wide = np.float64(sum)
         variance_delta[i] = np.float32(first_nan(wide, wide * factor))
