@@ -53,11 +53,12 @@ def main(argv=None):
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run"] + argv
     args = parser.parse_args(argv)
+    import darkpy.network
+    before = kernels.active(), darkpy.network.ALLOW_UNUSED
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             kernels.use(args.kernels)
-            import darkpy.network
             darkpy.network.ALLOW_UNUSED = args.allow_unused
             return int(args.func(args) or 0)
     except DarkpyError as exc:
@@ -68,6 +69,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("darkpy: interrupted", file=sys.stderr)
         return 130
+    finally:  # a command run in-process leaves the caller's kernel set and defaults as they were
+        kernels.use(before[0])
+        darkpy.network.ALLOW_UNUSED = before[1]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -209,7 +213,6 @@ def _fastest(runs):
 
 
 def cmd_forward(args):
-    from darkpy.network import forward_network
     net = _load(args)
     net.train = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,7 +240,6 @@ def _forward(args, net, tmp):
 
 
 def cmd_backward(args, update=None):
-    from darkpy.network import backward_network, forward_network, update_network
     net = _load(args)
     update = args.update if update is None else update
     with tempfile.TemporaryDirectory() as tmp:

@@ -569,6 +569,7 @@ def main_gradcheck(args_list=None):
                    help="kernels of the float32 rows: fast or reference (default: the active ones)")
     args = p.parse_args(args_list)
     from darkpy.network import load_network, randomize_parameters
+    before = kernels.active()
     if args.kernels is not None:
         kernels.use(args.kernels)
     try:
@@ -579,6 +580,8 @@ def main_gradcheck(args_list=None):
     except DarkpyError as exc:
         print(f"darkpy gradcheck: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        kernels.use(before)
     print(format_rows(rows))
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows)} rows, {len(failed)} outside their bound" if failed else

@@ -39,13 +39,17 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["check", "--debug", str(tmp_path / "nowhere")])
 
 
-def test_reference_kernels_switch(capsys):
+def test_reference_kernels_switch(capsys, monkeypatch):
+    """--kernels reference selects the reference kernels for the command, and the caller's
+    selection is back afterwards."""
     from darkpy import kernels
-    try:
-        assert main(["check", "--kernels", "reference", "-q", str(GOLDEN / "bn-b1c3h1w2")]) == 0
-        assert kernels.active() == "reference"
-    finally:
-        kernels.use("fast")
+    import darkpy.layers.batchnorm as bn
+    seen = []
+    real = bn.forward
+    monkeypatch.setattr(bn, "forward", lambda l, net: seen.append(kernels.active()) or real(l, net))
+    assert main(["check", "--kernels", "reference", "-q", str(GOLDEN / "bn-b1c3h1w2")]) == 0
+    assert seen and set(seen) == {"reference"}
+    assert kernels.active() == "fast"
 
 
 def test_compare_two_dirs(capsys):
@@ -59,11 +63,9 @@ def test_backward_dump_rechecks_bitwise_with_both_kernel_sets(tmp_path, capsys):
     dump = tmp_path / "dump"
     assert main(["backward", str(cfg), "--update", "--dump", str(dump), "--seed", "3"]) == 0
     assert "cost:" in capsys.readouterr().out
-    try:
-        assert main(["check", "-q", str(dump)]) == 0
-        assert main(["check", "-q", "--kernels", "reference", str(dump)]) == 0
-    finally:
-        kernels.use("fast")
+    assert main(["check", "-q", str(dump)]) == 0
+    assert main(["check", "-q", "--kernels", "reference", str(dump)]) == 0
+    assert kernels.active() == "fast"
     assert main(["backward", str(cfg), "--dump", str(dump)]) == 2  # exists, no --force
     assert "--force" in capsys.readouterr().err
 

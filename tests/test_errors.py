@@ -181,12 +181,10 @@ def test_allow_unused_downgrades_to_darknets_warning(tmp_path, capsys, shown_war
         build_network(parse_cfg_text(text, "t.cfg"), allow_unused=True)
     path = tmp_path / "t.cfg"
     path.write_text(text)
-    try:
-        rc, out, err = cli(capsys, "info", "--allow-unused", path)
-    finally:
-        import darkpy.network
-        darkpy.network.ALLOW_UNUSED = False
+    rc, out, err = cli(capsys, "info", "--allow-unused", path)
     assert rc == 0 and "unused option 'filterz = 3'" in err
+    import darkpy.network
+    assert darkpy.network.ALLOW_UNUSED is False  # the command's option does not outlive it
 
 
 def test_forward_and_backward_commands_report_cfg_errors_too(tmp_path, capsys):
