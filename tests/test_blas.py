@@ -452,12 +452,19 @@ def test_batchnorm_kernels_bitwise_nan_storm(seed):
 
 
 def darknet_library():
-    """A locally built darknet (strict flags) to call through ctypes, or skip."""
+    """A locally built darknet (strict flags) to call through ctypes, or skip: ``DARKNET_LIB``,
+    else the libdarknet.so of the first build named by ``DARKNET_DIR`` (as tools/ and
+    ``darkpy bench`` take it), else /tmp/darknet-strict."""
     import ctypes
     import os
-    path = os.environ.get("DARKNET_LIB", "/tmp/darknet-strict/libdarknet.so")
-    if not os.path.exists(path):
-        pytest.skip(f"no darknet library at {path} (set DARKNET_LIB to a strict build's libdarknet.so)")
+    from pathlib import Path
+    candidates = [os.environ["DARKNET_LIB"]] if os.environ.get("DARKNET_LIB") else [
+        str(Path(d) / "libdarknet.so") for d in os.environ.get("DARKNET_DIR", "").split(os.pathsep) if d
+    ] + ["/tmp/darknet-strict/libdarknet.so"]
+    path = next((p for p in candidates if os.path.exists(p)), None)
+    if path is None:
+        pytest.skip(f"no darknet library at {', '.join(candidates)} (set DARKNET_LIB or DARKNET_DIR "
+                    "to a strict build)")
     return ctypes.CDLL(path)
 
 

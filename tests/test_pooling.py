@@ -144,8 +144,6 @@ def test_maxpool_fast_equals_reference_random_shapes(seed):
     batch, c = int(rng.integers(1, 4)), int(rng.integers(1, 4))
     h = int(rng.integers(max(1, size - pad), 24))
     w = int(rng.integers(max(1, size - pad), 41))
-    if (h + pad - size) // stride < 0 or (w + pad - size) // stride < 0:
-        pytest.skip("no output")  # rare draw; make_maxpool_layer refuses it
     n = batch * c * h * w
     x = nasty_values(rng, n) if seed % 2 else rng.standard_normal(n).astype(np.float32)
     planes = x.reshape(batch * c, h * w)
@@ -167,8 +165,6 @@ def test_maxpool_fast_equals_reference_vector_widths(size, stride, pad, w):
     step, too narrow for a step), on small integers (many ties), NaN and -0."""
     rng = rng_for("maxpool-widths", size, stride, pad, w)
     batch, c, h = 2, 2, 5
-    if (w + pad - size) // stride < 0:
-        pytest.skip("no output")
     x = rng.integers(-2, 3, batch * c * h * w).astype(np.float32)
     x[rng.random(x.size) < .1] = np.nan
     x[rng.random(x.size) < .1] = -0.0
