@@ -99,8 +99,8 @@ import contextlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-#: The open allocation budgets (``memory_budget``): each a one-element list of bytes still allowed.
-_BUDGETS = []
+#: The open allocation budget (``memory_budget``): [bytes charged, limit], or None.
+_budget = None
 
 
 class BudgetExceeded(Exception):
@@ -114,23 +114,22 @@ class BudgetExceeded(Exception):
 @contextlib.contextmanager
 def memory_budget(limit):
     """Within the block, ``zeros``/``ones``/``full`` refuse (``BudgetExceeded``) before allocating
-    a buffer that would take the total past ``limit`` bytes.  Yields a callable giving the total."""
-    state = [0, int(limit)]
-    _BUDGETS.append(state)
+    a buffer that would take the total past ``limit`` bytes."""
+    global _budget
+    outer, _budget = _budget, [0, int(limit)]
     try:
-        yield lambda: state[0]
+        yield
     finally:
-        _BUDGETS.remove(state)
+        _budget = outer
 
 
 def charge(nbytes):
     """Count ``nbytes`` against the open budget (if any) before they are allocated."""
-    if _BUDGETS:
-        state = _BUDGETS[-1]
-        total = state[0] + int(nbytes)
-        if total > state[1]:
-            raise BudgetExceeded(int(nbytes), state[1], total)
-        state[0] = total
+    if _budget is not None:
+        total = _budget[0] + int(nbytes)
+        if total > _budget[1]:
+            raise BudgetExceeded(int(nbytes), _budget[1], total)
+        _budget[0] = total
 
 
 def _count(shape):

@@ -213,9 +213,9 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT, al
 
     params = SizeParams(batch=net.batch, inputs=net.inputs, h=net.h, w=net.w, c=net.c,
                         index=0, time_steps=net.time_steps, net=net)
-    with memory_budget(memory_limit) as used:
+    with memory_budget(memory_limit):
         where = dict(path=description.net.path, line=description.net.line, section=description.net.header)
-        _charge(4 * net.inputs * net.batch, "the input buffer", memory_limit, used, where)
+        _charge(4 * net.inputs * net.batch, "the input buffer", where)
         workspace_size = 0
         for count, section in enumerate(description.layers):
             params.index = count
@@ -255,8 +255,7 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT, al
             net.layers.append(l)
             if int(l.workspace_size) > workspace_size:  # the shared workspace grows to the largest need
                 _charge(_workspace_bytes(l.workspace_size) - _workspace_bytes(workspace_size),
-                        f"the shared workspace ({int(l.workspace_size)} bytes for this layer)",
-                        memory_limit, used, where)
+                        f"the shared workspace ({int(l.workspace_size)} bytes for this layer)", where)
                 workspace_size = int(l.workspace_size)
             params.h, params.w, params.c, params.inputs = l.out_h, l.out_w, l.out_c, l.outputs
 
@@ -267,7 +266,7 @@ def build_network(description, batch=None, memory_limit=DEFAULT_MEMORY_LIMIT, al
         net.truths = out.outputs
         if net.layers[-1].truths:
             net.truths = net.layers[-1].truths
-        _charge(4 * net.truths * net.batch, "the truth buffer", memory_limit, used, where)
+        _charge(4 * net.truths * net.batch, "the truth buffer", where)
     net.output = out.output
     net.input = np.zeros(net.inputs * net.batch, np.float32)
     net.truth = np.zeros(net.truths * net.batch, np.float32)
@@ -292,7 +291,7 @@ def _workspace_bytes(workspace_size):
     return 4 * ((int(workspace_size) - 1) // 4 + 1) if workspace_size else 0
 
 
-def _charge(nbytes, what, limit, used, where):
+def _charge(nbytes, what, where):
     try:
         charge(nbytes)
     except BudgetExceeded as e:

@@ -241,7 +241,7 @@ def forward(l, net):
         raise DarkpyError("detection: random=1 picks the responsible box with C's rand() while "
                           "net.seen < 64000; darkpy cannot reproduce darknet's shared rand() stream")
     l.cost[0] = 0
-    stats = zeros(8, np.float32)
+    stats = np.zeros(8, np.float32)
     status = detection_training_deltas(
         l.output, l.delta, net.truth, l.batch, l.inputs, l.side, l.n, l.classes, l.coords,
         bool(l.sqrt), bool(l.forced), bool(l.rescore), np.float32(l.coord_scale),

@@ -342,9 +342,9 @@ def forward(l, net):
     if net.truth is None:
         raise DarkpyError("region: training needs net.truth (boxes x, y, w, h, class per image)")
     l.cost[0] = 0
-    stats = zeros(9, np.float32)
+    stats = np.zeros(9, np.float32)
     has_map = l.map is not None
-    cmap = l.map if has_map else zeros(1, np.int32)
+    cmap = l.map if has_map else np.zeros(1, np.int32)
     status = region_training_deltas(
         l.output, l.delta, net.truth, l.biases, cmap, has_map, l.batch, l.w, l.h, l.n, l.classes,
         l.coords, l.outputs, l.truths, int(net.seen), np.float32(l.thresh),

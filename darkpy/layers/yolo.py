@@ -433,9 +433,9 @@ def forward(l, net):
     if net.truth is None:
         raise DarkpyError("yolo: training needs net.truth (boxes x, y, w, h, class per image)")
     l.cost[0] = 0
-    stats = zeros(10, np.float32)
+    stats = np.zeros(10, np.float32)
     has_map = l.map is not None
-    cmap = l.map if has_map else zeros(1, np.int32)
+    cmap = l.map if has_map else np.zeros(1, np.int32)
     status = yolo_training_deltas(l.output, l.delta, net.truth, l.biases, l.mask, cmap, has_map,
                                   l.batch, l.w, l.h, l.n, l.total, l.classes, l.outputs, l.truths,
                                   l.max_boxes, net.w, net.h, np.float32(l.ignore_thresh),
