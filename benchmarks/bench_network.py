@@ -35,6 +35,7 @@ import numpy as np
 
 from darkpy import bench, kernels
 from darkpy.bench import run_darknet, set_threads
+from darkpy.check import bitwise_equal
 
 
 def conv_flops(net, training=False):
@@ -177,7 +178,7 @@ def network_section(ctx):
             set_threads(ctx.max_threads)
         ctx.add(name, shape, "reference", 1, times, flops=flops, floor_ms=ctx.flops_floor_ms(flops, 1),
                 floor="flops")
-        same = np.array_equal(fast_output.view(np.uint32), net.output.view(np.uint32))
+        same = bitwise_equal(fast_output, net.output)
         ctx.note(f"yolov3-tiny forward: fast and reference outputs {'bitwise identical' if same else 'DIFFER'}")
         forward_network(net)  # leave the fast kernels' outputs in the layers
 
